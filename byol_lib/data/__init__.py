@@ -1,0 +1,1 @@
+"""Datasets, the two-view augmentation pipeline and the step-indexed loader."""
