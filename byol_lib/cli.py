@@ -1,0 +1,71 @@
+"""Command lines: PASSL's ``tools/train.py`` flags and the ``byol`` console command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from byol_lib.config import ConfigError, load_config
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config-file", required=True, help="YAML config (PASSL key schema)")
+    parser.add_argument("-o", "--override", action="append", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. -o lr_scheduler.base_lr=0.2 (YAML literal)")
+    parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default=None,
+                        help="training device (default: the config's 'device', auto)")
+    parser.add_argument("--no-cuda", action="store_true", help="PASSL's flag: same as --device cpu")
+    parser.add_argument("--resume", type=Path, default=None,
+                        help="checkpoint to resume from (default: resume the latest unfinished run of this config)")
+
+
+def load_from_args(args: argparse.Namespace) -> dict:
+    overrides = [item for group in args.override for item in group]
+    device = "cpu" if args.no_cuda else args.device
+    if device:
+        overrides.append(f"device={device}")
+    return load_config(args.config_file, overrides)
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    from byol_lib.distributed import DeviceError
+    from byol_lib.train import NonFiniteLossError, pretrain
+
+    try:
+        cfg = load_from_args(args)
+        if args.resume is not None and not args.resume.is_file():
+            raise ConfigError(f"--resume {args.resume}: no such checkpoint file")
+        pretrain(cfg, resume=args.resume)
+    except (ConfigError, DeviceError, NonFiniteLossError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def train_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tools/train.py", description="BYOL pretraining (PASSL-compatible flags)")
+    add_config_arguments(parser)
+    return parser
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``tools/train.py``."""
+    return run_pretrain(train_parser().parse_args(argv))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``byol`` console command."""
+    parser = argparse.ArgumentParser(prog="byol", description="BYOL reproduction kit on PaddlePaddle")
+    commands = parser.add_subparsers(dest="command", required=True)
+    pre = commands.add_parser("pretrain", help="BYOL pretraining (single process, or launched)")
+    add_config_arguments(pre)
+    args = parser.parse_args(argv)
+    if args.command == "pretrain":
+        return run_pretrain(args)
+    return 2  # pragma: no cover - argparse enforces the choices
+
+
+if __name__ == "__main__":
+    sys.exit(main())

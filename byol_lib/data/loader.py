@@ -1,0 +1,91 @@
+"""The step-indexed two-view loader: which images a step sees, and their random views.
+
+Training reads an endless stream of images: the concatenation of one seeded permutation of the
+dataset per epoch (JAX's repeated, reshuffled dataset). Global step ``s`` takes stream positions
+``[s*B, (s+1)*B)`` and rank ``r`` of ``W`` takes its contiguous share. Every random choice of a
+sample's two views comes from a generator seeded by ``(seed, step, image index)``, so a batch
+depends on neither the number of loader workers nor the world size, and a resumed run sees
+exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+from paddle.io import DataLoader, Dataset
+
+from byol_lib.data.augment import ViewSampler
+from byol_lib.data.datasets import ImageDataset
+
+
+def epoch_permutation(num_images: int, seed: int, epoch: int) -> np.ndarray:
+    """The order in which epoch ``epoch`` visits the dataset."""
+    return np.random.default_rng([seed, 0x5EED, epoch]).permutation(num_images)
+
+
+def global_batch_indices(step: int, global_batch: int, num_images: int, seed: int) -> np.ndarray:
+    """Image indices of global step ``step`` (may straddle two epochs)."""
+    start, stop = step * global_batch, (step + 1) * global_batch
+    first_epoch, last_epoch = start // num_images, (stop - 1) // num_images
+    stream = np.concatenate([epoch_permutation(num_images, seed, e) for e in range(first_epoch, last_epoch + 1)])
+    offset = start - first_epoch * num_images
+    return stream[offset:offset + global_batch]
+
+
+class StepBatchSampler:
+    """Yields, for each step in ``[start_step, total_steps)``, this rank's ``(step, index)`` pairs."""
+
+    def __init__(self, num_images: int, global_batch: int, seed: int, rank: int, world_size: int,
+                 start_step: int, total_steps: int) -> None:
+        if global_batch % world_size:
+            raise ValueError(f"global batch {global_batch} is not divisible by world size {world_size}")
+        self.num_images, self.global_batch, self.seed = num_images, global_batch, seed
+        self.per_rank = global_batch // world_size
+        self.rank, self.start_step, self.total_steps = rank, start_step, total_steps
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in range(self.start_step, self.total_steps):
+            indices = global_batch_indices(step, self.global_batch, self.num_images, self.seed)
+            mine = indices[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
+            yield [(step, int(i)) for i in mine]
+
+    def __len__(self) -> int:
+        return max(0, self.total_steps - self.start_step)
+
+
+def sample_rng(seed: int, step: int, index: int) -> np.random.Generator:
+    """The generator behind one sample's views at one step."""
+    return np.random.default_rng([seed, step, index])
+
+
+class TwoViewDataset(Dataset):
+    """Maps ``(step, index)`` to ``(view1, params1, view2, params2, label)`` (device ops still to apply)."""
+
+    def __init__(self, images: ImageDataset, augmentation: Mapping[str, Any], seed: int) -> None:
+        super().__init__()
+        self.images, self.seed = images, seed
+        self.view1, self.view2 = ViewSampler(augmentation, "view1"), ViewSampler(augmentation, "view2")
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray, ...]:
+        step, index = key
+        rng = sample_rng(self.seed, step, index)
+        image = self.images.image(index)
+        view1, params1 = self.view1(image, rng)
+        view2, params2 = self.view2(image, rng)
+        return view1, params1, view2, params2, np.asarray(self.images.label(index), dtype="int64")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def pretrain_loader(images: ImageDataset, cfg: Mapping[str, Any], rank: int, world_size: int,
+                    start_step: int) -> DataLoader:
+    """The training loader for steps ``[start_step, total_steps)`` of a resolved config."""
+    derived = cfg["derived"]
+    sampler = StepBatchSampler(len(images), derived["global_batch"], cfg["seed"], rank, world_size,
+                               start_step, derived["total_steps"])
+    dataset = TwoViewDataset(images, cfg["augmentation"], cfg["seed"])
+    workers = cfg["dataloader"]["train"]["num_workers"]
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, use_shared_memory=workers > 0)

@@ -1,0 +1,112 @@
+"""Run folders: ``results/<run_id>/`` with the resolved config, metrics, summary and checkpoints.
+
+``run_id = <utc time>-<kind>-<config hash>``. Re-running the same command finds the newest
+unfinished run with the same config hash and resumes it, so a killed run continues where its
+last checkpoint left off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+_VOLATILE_KEYS = ("run_id", "output_dir", "device")
+
+
+def repo_root() -> Path:
+    """The checkout's root (the folder holding pyproject.toml), else the current folder."""
+    here = Path(__file__).resolve().parent
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file():
+            return folder
+    return Path.cwd()
+
+
+def config_hash(cfg: dict[str, Any]) -> str:
+    """Short hash of everything that changes the result (not the run id, folder or device name)."""
+    stable = {k: v for k, v in cfg.items() if k not in _VOLATILE_KEYS}
+    return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo_root(), capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    commit = out.stdout.strip() if out.returncode == 0 else "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo_root(),
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+    return f"{commit}-dirty" if dirty and commit != "unknown" else commit
+
+
+def environment() -> dict[str, Any]:
+    import paddle
+
+    return {
+        "paddle_version": paddle.__version__,
+        "paddle_cuda": paddle.is_compiled_with_cuda(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "git_commit": git_commit(),
+    }
+
+
+def find_resumable(output_dir: Path, kind: str, digest: str) -> Path | None:
+    """The newest run folder of this kind and config hash that has not finished."""
+    candidates = sorted(output_dir.glob(f"*-{kind}-{digest}"))
+    for folder in reversed(candidates):
+        summary = folder / "summary.json"
+        if not summary.is_file() or json.loads(summary.read_text()).get("status") != "finished":
+            return folder
+    return None
+
+
+def new_run_dir(output_dir: Path, kind: str, digest: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    folder = output_dir / f"{stamp}-{kind}-{digest}"
+    suffix = 1
+    while folder.exists():
+        folder = output_dir / f"{stamp}.{suffix}-{kind}-{digest}"
+        suffix += 1
+    folder.mkdir(parents=True)
+    return folder
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def write_config(folder: Path, cfg: dict[str, Any]) -> None:
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+class MetricsLog:
+    """Appends one JSON object per logged step to ``metrics.jsonl``; drops rows past a resume point."""
+
+    def __init__(self, path: Path, resume_step: int) -> None:
+        self.path = path
+        if path.exists():
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) < resume_step]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    def append(self, row: dict[str, Any]) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+
+def read_metrics(folder: Path) -> list[dict[str, Any]]:
+    path = Path(folder) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []

@@ -1,0 +1,86 @@
+"""Config loading, overrides, validation errors and the derived values (against closed forms)."""
+
+from __future__ import annotations
+
+import pytest
+
+from byol_lib.config import ConfigError, load_config, parse_override, resolve
+
+from .conftest import ROOT
+
+R50 = ROOT / "configs" / "byol" / "byol_r50_IM.yaml"
+SYNTH = ["dataloader.train.dataset.name=Synthetic"]
+
+
+def test_paper_config_resolves_to_jax_step_counts() -> None:
+    cfg = load_config(R50, SYNTH)
+    for world in (32, 8, 1):
+        d = resolve(cfg, world, 1281167, 1000)["derived"]
+        assert d["global_batch"] == 4096 and d["per_device_batch"] == 4096 // world
+        assert d["total_steps"] == 300 * 1281167 // 4096 == 93835  # JAX max_steps, reference §3.1
+        assert d["warmup_steps"] == 10 * 1281167 // 4096 == 3127
+        assert d["peak_lr"] == pytest.approx(0.3 * 4096 / 256) == 4.8
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 8])
+def test_lr_scales_with_global_batch(world: int) -> None:
+    cfg = load_config(None, [*SYNTH, "dataloader.train.sampler.batch_size=64", "lr_scheduler.base_lr=0.2"])
+    d = resolve(cfg, world, 100000, 10)["derived"]
+    assert d["global_batch"] == 64 * world
+    assert d["peak_lr"] == pytest.approx(0.2 * 64 * world / 256)
+
+
+def test_explicit_learning_rate_wins() -> None:
+    cfg = load_config(None, [*SYNTH, "lr_scheduler.learning_rate=1.5"])
+    assert resolve(cfg, 4, 100000, 10)["derived"]["peak_lr"] == 1.5
+
+
+@pytest.mark.parametrize(("override", "fragment"), [
+    ("lr_scheduler.base_lrr=0.1", "did you mean 'lr_scheduler.base_lr'"),
+    ("dataloader.train.sampler.batchsize=3", "did you mean 'dataloader.train.sampler.batch_size'"),
+    ("model.backbone.dept=18", "did you mean 'model.backbone.depth'"),
+    ("optimizer.momentum=fast", "'optimizer.momentum' must be float, got 'fast'"),
+    ("lr_scheduler.base_lr=-0.1", "'lr_scheduler.base_lr' = -0.1 must be >= 0"),
+    ("dataloader.train.sampler.batch_size=0", "'dataloader.train.sampler.batch_size' = 0 must be > 0"),
+    ("model.backbone.depth=101", "'model.backbone.depth' = 101 is not one of"),
+    ("epochs=__import__('os').getcwd()", "'epochs' must be int"),
+    ("augmentation.view2.solarize=1.5", "augmentation.view2.solarize"),
+])
+def test_bad_overrides_name_key_and_value(override: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=None) as err:
+        load_config(None, [*SYNTH, override])
+    assert fragment in str(err.value)
+
+
+def test_missing_data_path_is_reported() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["dataloader.train.dataset.dataroot=/nonexistent/imagenet"])
+    assert "'dataloader.train.dataset.dataroot' = '/nonexistent/imagenet' does not exist" in str(err.value)
+
+
+def test_unknown_key_in_file_names_the_file(tmp_path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("epochs: 1\noptimizer:\n  lars_weight_decy: 1.0e-6\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, SYNTH)
+    assert str(path) in str(err.value) and "did you mean 'optimizer.lars_weight_decay'" in str(err.value)
+
+
+def test_overrides_are_yaml_literals_not_code() -> None:
+    assert parse_override("a.b=1e-3") == ("a.b", 1e-3)
+    assert parse_override("a=[1, 2]") == ("a", [1, 2])
+    assert parse_override("a=__import__('os')") == ("a", "__import__('os')")
+    with pytest.raises(ConfigError):
+        parse_override("no_equals_sign")
+
+
+def test_inconsistent_schedule_keys_are_rejected() -> None:
+    cfg = load_config(R50, [*SYNTH, "lr_scheduler.T_max=1000"])
+    with pytest.raises(ConfigError, match="T_max"):
+        resolve(cfg, 32, 1281167, 1000)
+    cfg = load_config(R50, [*SYNTH, "lr_scheduler.end_lr=1.0"])
+    with pytest.raises(ConfigError, match="end_lr"):
+        resolve(cfg, 32, 1281167, 1000)
+    cfg = load_config(R50, SYNTH)
+    with pytest.raises(ConfigError, match="not divisible"):
+        resolve(cfg, 3, 1281167, 1000)
