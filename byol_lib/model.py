@@ -19,7 +19,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from byol_lib.ema import copy_parameters
+from byol_lib.ema import copy_parameters, weights
 from byol_lib.loss import byol_loss, l2_normalize
 
 BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
@@ -179,7 +179,7 @@ class BYOL(nn.Layer):
 
     def online_parameters(self) -> list[paddle.Tensor]:
         """The parameters the optimiser updates: online tower, predictor, classifier."""
-        return [*self.online.parameters(), *self.predictor.parameters(), *self.classifier.parameters()]
+        return [*weights(self.online), *weights(self.predictor), *weights(self.classifier)]
 
     def forward(self, view1: paddle.Tensor, view2: paddle.Tensor, labels: paddle.Tensor) -> dict[str, paddle.Tensor]:
         y1, z1 = self.online(view1)
