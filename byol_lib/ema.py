@@ -30,4 +30,4 @@ def copy_parameters(source: nn.Layer, destination: nn.Layer) -> None:
 def update_target(online: nn.Layer, target: nn.Layer, tau: float) -> None:
     """xi <- tau * xi + (1 - tau) * theta for every weight (paper Eq. 1), after the optimiser step."""
     for theta, xi in zip(weights(online), weights(target), strict=True):
-        xi.lerp_(theta, 1.0 - tau)
+        xi.subtract_(theta).scale_(tau).add_(theta)  # tau*(xi - theta) + theta; in-place ops only (lerp_ is slow)

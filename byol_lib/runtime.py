@@ -15,6 +15,7 @@ import warnings
 
 QUIET_ENV = {
     "GLOG_minloglevel": "2",
+    "OPENBLAS_NUM_THREADS": "1",  # numpy in loader workers: one thread each, no fight over the cores
     "FLAGS_call_stack_level": "1",
     "PYTHONWARNINGS": "ignore:No ccache found:UserWarning",
 }

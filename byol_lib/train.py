@@ -23,7 +23,7 @@ from byol_lib.config import Config, resolve
 from byol_lib.data.augment import device_augment
 from byol_lib.data.datasets import build_dataset
 from byol_lib.data.loader import pretrain_loader
-from byol_lib.ema import update_target
+from byol_lib.ema import update_target, weights
 from byol_lib.model import BYOL, build_model
 from byol_lib.optim import LARS, lr_at, tau_at
 
@@ -183,7 +183,7 @@ def pretrain(cfg: Config, resume: Path | None = None, verbose: bool = True) -> P
     finally:
         progress.close()
 
-    distributed.barrier(ctx)
+    identical = distributed.replicas_identical([*weights(model.online), *weights(model.predictor)], ctx)
     if ctx.is_main:
         wall = elapsed_before + time.perf_counter() - run_start
         rows = results.read_metrics(run_dir)
@@ -195,7 +195,7 @@ def pretrain(cfg: Config, resume: Path | None = None, verbose: bool = True) -> P
             "dataset": cfg["dataloader"]["train"]["dataset"]["name"],
             "backbone": f"resnet{cfg['model']['backbone']['depth']}", "wall_time_s": wall,
             "images_per_s": derived["global_batch"] * steps_run / max(time.perf_counter() - run_start, 1e-9),
-            "final": final,
+            "replicas_identical": identical, "final": final,
         })
         if verbose:
             print(f"finished: {run_dir}", flush=True)

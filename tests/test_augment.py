@@ -1,0 +1,432 @@
+"""Augmentation pipeline vs independent references: direct loops, colorsys, closed forms, invariants."""
+
+from __future__ import annotations  # noqa: I001  (byol_lib before paddle)
+
+import colorsys
+import copy
+import math
+from typing import Any
+
+import byol_lib  # noqa: F401  (sets up paddle before it is imported)
+import numpy as np
+import paddle
+import pytest
+
+from byol_lib.data import augment as A
+
+NO_OPS = {"flip": 0.0, "color_jitter": 0.0, "grayscale": 0.0, "blur": 0.0, "solarize": 0.0}
+
+
+def make_aug(size: int = 16, view: dict[str, float] | None = None, **top: Any) -> dict[str, Any]:
+    """Defaults at ``image_size = size``; ``view`` entries override both views; ``top`` merges sections."""
+    aug = copy.deepcopy(A.AUGMENT_DEFAULTS)
+    aug["image_size"] = size
+    for name in ("view1", "view2"):
+        aug[name].update(view or {})
+    for key, value in top.items():
+        if isinstance(value, dict):
+            aug[key].update(value)
+        else:
+            aug[key] = value
+    A.validate_augment(aug)
+    return aug
+
+
+def random_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+
+def keys(d: float) -> float:
+    """Keys cubic, a = -0.5, written out piecewise."""
+    d = abs(d)
+    if d <= 1:
+        return 1.5 * d**3 - 2.5 * d**2 + 1
+    if d < 2:
+        return -0.5 * d**3 + 2.5 * d**2 - 4 * d + 2
+    return 0.0
+
+
+def axis_weights(out_i: int, in_size: int, out_size: int) -> dict[int, float]:
+    """Half-pixel source taps of one output index; outside taps dropped and the rest renormalised."""
+    src = (out_i + 0.5) * in_size / out_size - 0.5
+    base = math.floor(src)
+    taps = {k: keys(src - k) for k in range(base - 1, base + 3) if 0 <= k < in_size}
+    total = sum(taps.values())
+    return {k: v / total for k, v in taps.items()}
+
+
+def loop_resize(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Per-pixel bicubic resize of an HxWxC float array (no clipping)."""
+    h, w, c = img.shape
+    out = np.zeros((out_h, out_w, c))
+    for i in range(out_h):
+        wy = axis_weights(i, h, out_h)
+        for j in range(out_w):
+            wx = axis_weights(j, w, out_w)
+            for y, a in wy.items():
+                for x, b in wx.items():
+                    out[i, j] += a * b * img[y, x]
+    return out
+
+
+def chw(img_hwc: np.ndarray) -> np.ndarray:
+    return np.transpose(img_hwc, (2, 0, 1)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- crop
+
+
+def test_jax_crop_is_one_draw_with_rounding_and_clamping() -> None:
+    crop = {"area": [0.08, 1.0], "ratio": [0.75, 4 / 3], "method": "jax"}
+    rng, replay = np.random.default_rng(5), np.random.default_rng(5)
+    fractions, log_ratios = [], []
+    for _ in range(400):
+        top, left, h, w = A.sample_crop(90, 120, crop, rng)
+        area = replay.uniform(0.08, 1.0) * 90 * 120
+        ratio = math.exp(replay.uniform(math.log(0.75), math.log(4 / 3)))
+        ew = min(round(math.sqrt(area * ratio)), 120)
+        eh = min(round(math.sqrt(area / ratio)), 90)
+        etop, eleft = replay.integers(0, 90 - eh + 1), replay.integers(0, 120 - ew + 1)
+        assert (top, left, h, w) == (etop, eleft, eh, ew)
+        assert 0 <= top <= 90 - h and 0 <= left <= 120 - w
+        fractions.append(area / (90 * 120))
+        log_ratios.append(math.log(ratio))
+    assert rng.random() == replay.random()  # exactly 4 draws per crop: no retry loop
+    assert min(fractions) >= 0.08 and max(fractions) <= 1.0
+    assert abs(np.mean(fractions) - 0.54) < 0.05  # U(0.08, 1) mean
+    assert math.log(0.75) <= min(log_ratios) and max(log_ratios) <= math.log(4 / 3)
+    assert abs(np.mean(log_ratios) - (math.log(4 / 3) + math.log(0.75)) / 2) < 0.03
+    # full area at ratio 4/3 on a square: w = round(115.47) = 115 clamped to 100, h = round(86.60) = 87
+    wide = {"area": [1.0, 1.0], "ratio": [4 / 3, 4 / 3], "method": "jax"}
+    for seed in range(5):
+        top, left, h, w = A.sample_crop(100, 100, wide, np.random.default_rng(seed))
+        assert (left, h, w) == (0, 87, 100) and 0 <= top <= 13
+
+
+def test_passl_retry_crop_fits_or_falls_back_to_centre() -> None:
+    crop = {"area": [0.08, 1.0], "ratio": [0.75, 4 / 3], "method": "passl_retry"}
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        top, left, h, w = A.sample_crop(60, 70, crop, rng)
+        assert 0 < h <= 60 and 0 < w <= 70 and top + h <= 60 and left + w <= 70
+        assert 0.08 * 0.9 <= h * w / (60 * 70) <= 1.0
+    # never fits (w = 115 > 100): 10 attempts of 2 draws, then a centre crop at the closest ratio
+    rng, replay = np.random.default_rng(2), np.random.default_rng(2)
+    wide = {"area": [1.0, 1.0], "ratio": [4 / 3, 4 / 3], "method": "passl_retry"}
+    assert A.sample_crop(100, 100, wide, rng) == ((100 - 75) // 2, 0, 75, 100)
+    replay.random(20)
+    assert rng.random() == replay.random()
+    tall = {"area": [1.0, 1.0], "ratio": [0.5, 0.75], "method": "passl_retry"}
+    # full area needs h = sqrt(2400 / r) >= 56 > 40: never fits; image ratio 1.5 > 0.75 -> h 40, w 30
+    top, left, h, w = A.sample_crop(40, 60, tall, np.random.default_rng(3))
+    assert (top, left, h, w) == (0, 15, 40, 30)
+
+
+def test_identity_crop_and_resize_returns_the_image() -> None:
+    img = random_image(12, 12)
+    out = A.crop_and_resize(img, (0, 0, 12, 12), 12)
+    np.testing.assert_allclose(out, chw(img) / 255.0, atol=1e-6)
+    aug = make_aug(12, NO_OPS, crop={"area": [1.0, 1.0], "ratio": [1.0, 1.0]})
+    x, params = A.ViewSampler(aug, "view1")(img, np.random.default_rng(0))
+    np.testing.assert_allclose(x, chw(img) / 255.0, atol=1e-6)
+    assert x.dtype == np.float32 and params.dtype == np.float32
+
+
+@pytest.mark.parametrize(("out_h", "out_w"), [(5, 13), (11, 4), (7, 9)])
+def test_bicubic_matches_per_pixel_loop(out_h: int, out_w: int) -> None:
+    img = random_image(7, 9, seed=3)
+    ref = np.clip(loop_resize(img.astype(np.float64), out_h, out_w) / 255.0, 0.0, 1.0)
+    out = A._resize_to_chw(img, A.resize_matrix(7, out_h), A.resize_matrix(9, out_w))
+    np.testing.assert_allclose(out, chw(ref), atol=1e-5)
+
+
+def test_bicubic_square_output_and_crop_offset() -> None:
+    img = random_image(20, 24, seed=4)
+    ref = np.clip(loop_resize(img[3:13, 5:20].astype(np.float64), 8, 8) / 255.0, 0.0, 1.0)
+    np.testing.assert_allclose(A.crop_and_resize(img, (3, 5, 10, 15), 8), chw(ref), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- colour
+
+
+def small_float_image(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0.0, 1.0, size=(3, 4, 5)).astype(np.float32)
+
+
+def per_pixel(x: np.ndarray, fn: Any) -> np.ndarray:
+    out = np.zeros_like(x)
+    for i in range(x.shape[1]):
+        for j in range(x.shape[2]):
+            out[:, i, j] = [min(max(v, 0.0), 1.0) for v in fn(*(float(c) for c in x[:, i, j]))]
+    return out
+
+
+def test_brightness_is_additive_and_clipped() -> None:
+    x = small_float_image()
+    for delta in (-0.3, 0.25):
+        ref = per_pixel(x, lambda r, g, b, d=delta: (r + d, g + d, b + d))
+        np.testing.assert_allclose(A.adjust_brightness(x, delta), ref, atol=1e-6)
+
+
+def test_contrast_per_channel_mean_and_passl_per_row_variant() -> None:
+    x = small_float_image(1)
+    c, h, w = x.shape
+    f = 1.3
+    ref = np.zeros_like(x)
+    for ch in range(c):
+        mean = sum(float(x[ch, i, j]) for i in range(h) for j in range(w)) / (h * w)
+        for i in range(h):
+            for j in range(w):
+                ref[ch, i, j] = min(max(f * (x[ch, i, j] - mean) + mean, 0.0), 1.0)
+    np.testing.assert_allclose(A.adjust_contrast(x, f), ref, atol=1e-6)
+    row_ref = np.zeros_like(x)
+    for i in range(h):
+        mean = sum(float(x[ch, i, j]) for ch in range(c) for j in range(w)) / (c * w)
+        for ch in range(c):
+            for j in range(w):
+                row_ref[ch, i, j] = min(max(f * (x[ch, i, j] - mean) + mean, 0.0), 1.0)
+    per_row = A.adjust_contrast(x, f, "passl_per_row")
+    np.testing.assert_allclose(per_row, row_ref, atol=1e-6)
+    assert np.abs(per_row - ref).max() > 1e-2
+
+
+@pytest.mark.parametrize("factor", [0.0, 0.8, 1.2, 3.0])
+def test_saturation_matches_colorsys(factor: float) -> None:
+    x = small_float_image(2)
+    x[:, 0, 0] = 0.4  # gray pixel (s = 0)
+    x[:, 0, 1] = 0.0  # black pixel (v = 0)
+
+    def ref(r: float, g: float, b: float) -> tuple[float, float, float]:
+        hh, s, v = colorsys.rgb_to_hsv(r, g, b)
+        return colorsys.hsv_to_rgb(hh, min(max(s * factor, 0.0), 1.0), v)
+
+    np.testing.assert_allclose(A.adjust_saturation(x, factor), per_pixel(x, ref), atol=1e-5)
+
+
+@pytest.mark.parametrize("delta", [-0.1, 0.03, 0.1, 0.5])
+def test_hue_matches_colorsys(delta: float) -> None:
+    x = small_float_image(3)
+    x[:, 0, 0] = 0.7
+
+    def ref(r: float, g: float, b: float) -> tuple[float, float, float]:
+        hh, s, v = colorsys.rgb_to_hsv(r, g, b)
+        return colorsys.hsv_to_rgb((hh + delta) % 1.0, s, v)
+
+    np.testing.assert_allclose(A.adjust_hue(x, delta), per_pixel(x, ref), atol=1e-5)
+
+
+def test_hsv_round_trip_and_colorsys() -> None:
+    x = small_float_image(4)
+    hsv = A.rgb_to_hsv(x)
+    for i, j in [(0, 0), (1, 3), (3, 4)]:
+        np.testing.assert_allclose(hsv[:, i, j], colorsys.rgb_to_hsv(*map(float, x[:, i, j])), atol=1e-6)
+    np.testing.assert_allclose(A.hsv_to_rgb(hsv), x, atol=1e-6)
+
+
+def test_grayscale_luma() -> None:
+    x = small_float_image(5)
+    g = A.to_grayscale(x)
+    for i, j in [(0, 0), (2, 3)]:
+        luma = 0.2989 * x[0, i, j] + 0.5870 * x[1, i, j] + 0.1140 * x[2, i, j]
+        np.testing.assert_allclose(g[:, i, j], [luma] * 3, atol=1e-6)
+
+
+def test_brightness_only_jitter_follows_the_documented_draw_order() -> None:
+    img = random_image(10, 10, 6)
+    view = dict(NO_OPS, color_jitter=1.0, contrast=0.0, saturation=0.0, hue=0.0)
+    aug = make_aug(10, view, crop={"area": [1.0, 1.0], "ratio": [1.0, 1.0]})
+    x, _ = A.ViewSampler(aug, "view1")(img, np.random.default_rng(7))
+    replay = np.random.default_rng(7)
+    replay.random(2)  # area, log-ratio
+    replay.integers(0, 1, size=2)  # offsets
+    replay.random(5)  # coins
+    delta = replay.uniform(-1.0, 1.0) * 0.4
+    np.testing.assert_allclose(x, np.clip(chw(img) / 255.0 + delta, 0.0, 1.0), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- coins, flip
+
+
+def test_flip_and_coins_p0_never_p1_always() -> None:
+    img = random_image(24, 30, 8)
+    plain = A.ViewSampler(make_aug(12, NO_OPS), "view2")
+    flipped = A.ViewSampler(make_aug(12, dict(NO_OPS, flip=1.0)), "view2")
+    gray = A.ViewSampler(make_aug(12, dict(NO_OPS, grayscale=1.0)), "view2")
+    device = A.ViewSampler(make_aug(12, dict(NO_OPS, blur=1.0, solarize=1.0)), "view2")
+    for seed in range(20):
+        a, pa = plain(img, np.random.default_rng(seed))
+        b, _ = flipped(img, np.random.default_rng(seed))
+        g, _ = gray(img, np.random.default_rng(seed))
+        _, pd = device(img, np.random.default_rng(seed))
+        np.testing.assert_array_equal(b, a[:, :, ::-1])
+        assert np.abs(a[0] - a[1]).max() > 0 and np.array_equal(g[0], g[1]) and np.array_equal(g[1], g[2])
+        assert pa[0] == 0 and pa[1] == 0 and pd[0] == 1 and pd[1] == 1
+        assert 0.1 <= pa[2] <= 2.0 and len(pa) == A.device_params_length(make_aug(12)) == 3
+
+
+def test_coin_frequency() -> None:
+    sampler = A.ViewSampler(make_aug(4, dict(NO_OPS, blur=0.3)), "view1")
+    rng = np.random.default_rng(9)
+    img = random_image(4, 4)
+    hits = sum(sampler(img, rng)[1][0] for _ in range(1000))
+    assert abs(hits - 300) < 4 * math.sqrt(1000 * 0.3 * 0.7)
+
+
+# ----------------------------------------------------------------------------- device part
+
+
+def numpy_blur(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Zero-padded 2-D cross-correlation with the outer product ``kernel[i] * kernel[j]``, per channel."""
+    r = len(kernel) // 2
+    c, h, w = img.shape
+    pad = np.zeros((c, h + 2 * r, w + 2 * r))
+    pad[:, r:r + h, r:r + w] = img
+    out = np.zeros((c, h, w))
+    for i in range(len(kernel)):
+        for j in range(len(kernel)):
+            out += kernel[i] * kernel[j] * pad[:, i:i + h, j:j + w]
+    return out
+
+
+def identity_norm(aug: dict[str, Any]) -> dict[str, Any]:
+    aug["mean"], aug["std"] = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+    return aug
+
+
+def test_blur_taps() -> None:
+    assert A.blur_taps(224, 0.1) == 23 and A.blur_taps(32, 0.1) == 3 and A.blur_taps(96, 0.1) == 9
+
+
+def test_device_blur_matches_numpy_per_image_sigma() -> None:
+    aug = identity_norm(make_aug(20, blur={"kernel_fraction": 0.5}))  # radius 5, 11 taps
+    x = np.random.default_rng(10).uniform(0.0, 1.0, size=(5, 3, 20, 20)).astype(np.float32)
+    sigmas = [0.3, 1.0, 2.0, 3.5, 1.5]
+    params = np.array([[1, 0, s] for s in sigmas], dtype=np.float32)
+    params[3, 0] = 0  # blur off for image 3
+    out = A.device_augment(paddle.to_tensor(x), paddle.to_tensor(params), aug).numpy()
+    offsets = np.arange(-5, 6)
+    for n, s in enumerate(sigmas):
+        k = np.exp(-(offsets**2) / (2 * s * s))
+        ref = x[n] if n == 3 else numpy_blur(x[n], k / k.sum())
+        np.testing.assert_allclose(out[n], ref, atol=2e-6)
+    np.testing.assert_array_equal(out[3], x[3])
+
+
+def test_passl_per_tap_kernel_is_normalised_and_asymmetric() -> None:
+    aug = identity_norm(make_aug(16, blur={"method": "passl_per_tap", "kernel_fraction": 0.5}))
+    taps = A.blur_taps(16, 0.5)
+    assert A.device_params_length(aug) == 2 + taps == 11
+    x, params = A.ViewSampler(aug, "view1")(random_image(20, 20), np.random.default_rng(11))
+    assert params.shape == (11,) and params[0] == 1
+    assert np.all((params[2:] >= 0.1) & (params[2:] <= 2.0)) and len(np.unique(params[2:])) == taps
+    kernel = A.blur_kernels(paddle.to_tensor(params[None, 2:]), taps).numpy()[0]
+    offsets = np.arange(taps) - taps // 2
+    ref = np.exp(-(offsets**2) / (2 * params[2:].astype(np.float64) ** 2))
+    ref /= ref.sum()
+    np.testing.assert_allclose(kernel, ref, atol=1e-6)
+    assert abs(kernel.sum() - 1) < 1e-6 and np.abs(kernel - kernel[::-1]).max() > 1e-3
+    out = A.device_augment(paddle.to_tensor(x[None]), paddle.to_tensor(params[None]), aug).numpy()[0]
+    np.testing.assert_allclose(out, np.clip(numpy_blur(x, ref), 0, 1), atol=2e-6)
+
+
+def test_solarize_threshold_and_clip() -> None:
+    aug = identity_norm(make_aug(4, blur={"kernel_fraction": 0.0}))
+    values = np.array([0.0, 0.2, 0.49, 0.5, 0.51, 0.8, 1.0, 1.0, 0.3, 0.7, 0.5, 0.25], dtype=np.float32)
+    x = np.broadcast_to(np.tile(values, 4)[:48].reshape(3, 4, 4), (2, 3, 4, 4)).copy()
+    params = np.array([[0, 1, 1.0], [0, 0, 1.0]], dtype=np.float32)
+    out = A.device_augment(paddle.to_tensor(x), paddle.to_tensor(params), aug).numpy()
+    expected = np.where(x[0] < 0.5, x[0], 1.0 - x[0])
+    np.testing.assert_allclose(out[0], expected, atol=1e-7)
+    np.testing.assert_array_equal(out[1], x[1])
+
+
+def test_normalize_and_device_normalisation() -> None:
+    aug = make_aug(4, blur={"kernel_fraction": 0.0})
+    x = np.random.default_rng(12).uniform(0, 1, size=(2, 3, 4, 4)).astype(np.float32)
+    mean, std = np.array(aug["mean"])[:, None, None], np.array(aug["std"])[:, None, None]
+    np.testing.assert_allclose(A.normalize(paddle.to_tensor(x), aug).numpy(), (x - mean) / std, atol=1e-6)
+    params = paddle.to_tensor(np.zeros((2, 3), dtype=np.float32))
+    np.testing.assert_allclose(A.device_augment(paddle.to_tensor(x), params, aug).numpy(), (x - mean) / std,
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="params"):
+        A.device_augment(paddle.to_tensor(x), paddle.zeros([2, 4]), aug)
+
+
+# ----------------------------------------------------------------------------- eval transforms
+
+
+def test_eval_transform_224_is_the_central_region() -> None:
+    img = random_image(256, 320, 13)
+    out = A.eval_transform(img, make_aug(224))
+    np.testing.assert_allclose(out, chw(img[16:240, 48:272]) / 255.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(40, 50), (50, 40)])
+def test_eval_transform_small_matches_resize_then_centre_crop(shape: tuple[int, int]) -> None:
+    img = random_image(*shape, seed=14)
+    short = round(16 * 256 / 224)  # 18
+    long = round(max(shape) * short / min(shape))  # 22 or 23
+    new = (short, long) if shape[0] < shape[1] else (long, short)
+    full = np.clip(loop_resize(img.astype(np.float64), *new) / 255.0, 0.0, 1.0)
+    top, left = (new[0] - 16 + 1) // 2, (new[1] - 16 + 1) // 2
+    out = A.eval_transform(img, make_aug(16))
+    np.testing.assert_allclose(out, chw(full[top:top + 16, left:left + 16]), atol=1e-5)
+
+
+def test_linear_train_transform_is_crop_and_flip_only() -> None:
+    img = random_image(12, 12, 15)
+    aug = make_aug(12, crop={"area": [1.0, 1.0], "ratio": [1.0, 1.0]})
+    outs = [A.linear_train_transform(img, aug, np.random.default_rng(s)) for s in range(12)]
+    base = chw(img) / 255.0
+    flips = 0
+    for out in outs:
+        is_flip = np.allclose(out, base[:, :, ::-1], atol=1e-6)
+        assert is_flip or np.allclose(out, base, atol=1e-6)
+        flips += is_flip
+    assert 0 < flips < 12
+
+
+# ----------------------------------------------------------------------------- determinism, validation
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"crop": {"method": "passl_retry"}, "blur": {"method": "passl_per_tap"}, "contrast_mean": "passl_per_row"}],
+)
+def test_same_seed_same_output(overrides: dict[str, Any]) -> None:
+    aug = make_aug(16, **copy.deepcopy(overrides))
+    img = random_image(30, 40, 16)
+    for view in ("view1", "view2"):
+        sampler = A.ViewSampler(aug, view)
+        a = [sampler(img, np.random.default_rng(17)) for _ in range(2)]
+        np.testing.assert_array_equal(a[0][0], a[1][0])
+        np.testing.assert_array_equal(a[0][1], a[1][1])
+        b = sampler(img, np.random.default_rng(18))
+        assert not np.array_equal(a[0][0], b[0])
+        assert a[0][0].shape == (3, 16, 16) and a[0][0].min() >= 0 and a[0][0].max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("crop", "area"), [0.0, 1.0]),
+        (("crop", "area"), [0.5, 0.2]),
+        (("crop", "area"), [0.1, 1.5]),
+        (("crop", "ratio"), [1.5, 1.0]),
+        (("crop", "method"), "torch"),
+        (("blur", "sigma"), [0.0, 2.0]),
+        (("blur", "method"), "box"),
+        (("contrast_mean",), "global"),
+        (("view1", "hue"), 0.7),
+        (("view2", "solarize"), 1.2),
+        (("std",), [0.2, 0.0, 0.2]),
+    ],
+)
+def test_validate_rejects(path: tuple[str, ...], value: Any) -> None:
+    aug = copy.deepcopy(A.AUGMENT_DEFAULTS)
+    node = aug
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(ValueError, match=".".join(path)):
+        A.validate_augment(aug)
