@@ -19,7 +19,8 @@ import paddle.distributed as dist
 
 from byol_lib import runtime
 
-_LAUNCH_NOISE = ("Modified FLAGS detected", "FLAGS(name=", "=======================")
+_LAUNCH_NOISE = ("LAUNCH INFO", "Modified FLAGS detected", "FLAGS(name=", "=======================")
+_LAUNCH_NOISE_ANYWHERE = ("HTTP Request:",)
 
 
 class DeviceError(RuntimeError):
@@ -155,7 +156,8 @@ def run_launch(cmd: Sequence[str], log_dir: str | Path, *, stream: bool = True, 
                             cwd=cwd)
     assert proc.stdout is not None
     for line in proc.stdout:
-        if stream and not line.startswith("LAUNCH INFO") and not line.startswith(_LAUNCH_NOISE):
+        noise = line.startswith(_LAUNCH_NOISE) or any(n in line for n in _LAUNCH_NOISE_ANYWHERE)
+        if stream and not noise:
             print(line, end="", flush=True)
     returncode = proc.wait()
     result = LaunchResult(returncode, log_dir)

@@ -64,6 +64,7 @@ def configure() -> int:
         warnings.filterwarnings("ignore", message=message)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # multi-node rendezvous requests
     threads = wanted_threads()
     user_omp = os.environ.pop("OMP_NUM_THREADS", None)  # avoids Paddle's import-time warning
     import paddle
