@@ -194,6 +194,8 @@ class ImageFolderDataset(ImageDataset):
         if self.bad_files:
             shown = ", ".join(self.bad_files[:_REPORT_LIMIT]) + (" ..." if len(self.bad_files) > _REPORT_LIMIT else "")
             logger.warning("skipped %d unreadable or non-image file(s) under %s: %s", len(self.bad_files), root, shown)
+        if not good:
+            raise DatasetError(f"no readable images under '{root}'")
         self.paths = [paths[i] for i in good]
         self.labels = np.array([labels[i] for i in good], dtype=np.int64)
         if num_images <= 0:
@@ -323,7 +325,13 @@ class CifarDataset(ImageDataset):
 
 
 def build_dataset(cfg: Mapping[str, Any], split: str) -> ImageDataset:
-    """The dataset named by ``cfg['name']`` for ``split`` ("train" or "val"); see the module doc."""
+    """The dataset named by ``cfg['name']`` for ``split`` ("train" or "val").
+
+    ImageNet reads ``dataroot/<split>`` (or dataroot itself / its sibling when dataroot is a split
+    folder), or, with ``list_file``, exactly the listed images, the list defining the split.
+    ``num_images`` > 0: Synthetic generates the first N images of the split's stream; the others
+    keep the first N of a permutation seeded by ``seed``. Missing keys take harmless defaults.
+    """
     cfg = {**_CFG_DEFAULTS, **cfg}
     if split not in SPLITS:
         raise DatasetError(f"split '{split}' must be one of {SPLITS}")

@@ -215,6 +215,7 @@ def load_or_generate(split: str, seed: int, count: int, size: int = 32) -> tuple
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, images=images, labels=labels)
+            os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         except BaseException:
             os.unlink(tmp)

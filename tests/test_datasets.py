@@ -1,0 +1,350 @@
+"""Datasets: the generated Synthetic default, ImageNet folders and list files, CIFAR archives."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from byol_lib.data import synthetic
+from byol_lib.data.datasets import DatasetError, build_dataset, describe
+
+LUMA = np.array([0.299, 0.587, 0.114])
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("BYOL_CACHE_DIR", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="module")
+def default_sets() -> dict[str, np.ndarray]:
+    """The default-size train and val sets, generated once for the module."""
+    train_x, train_y = synthetic.generate("train", 0, synthetic.DEFAULT_COUNTS["train"])
+    val_x, val_y = synthetic.generate("val", 0, synthetic.DEFAULT_COUNTS["val"])
+    return {"train_x": train_x, "train_y": train_y, "val_x": val_x, "val_y": val_y}
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic
+
+
+def test_synthetic_is_deterministic_and_seeded() -> None:
+    a_x, a_y = synthetic.generate("train", 3, 60)
+    b_x, b_y = synthetic.generate("train", 3, 60)
+    assert np.array_equal(a_x, b_x) and np.array_equal(a_y, b_y)
+    c_x, _ = synthetic.generate("train", 4, 60)
+    assert not np.array_equal(a_x, c_x)
+    # The first images do not depend on how many are asked for.
+    d_x, d_y = synthetic.generate("train", 3, 25)
+    assert np.array_equal(d_x, a_x[:25]) and np.array_equal(d_y, a_y[:25])
+
+
+def test_build_synthetic_api() -> None:
+    ds = build_dataset({"name": "Synthetic", "num_images": 40, "seed": 1}, "train")
+    assert len(ds) == 40
+    assert ds.classes == list(synthetic.SHAPE_NAMES) and len(ds.classes) == 10
+    image = ds.image(7)
+    assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+    assert isinstance(ds.label(7), int) and 0 <= ds.label(7) < 10
+    assert ds.bad_files == []
+    assert describe(ds) == {
+        "dataset": "SyntheticDataset", "images": 40, "classes": 10,
+        "images_per_class": {"min": 4, "max": 4}, "bad_files": 0, "bad_file_paths": [], "image_size": [32, 32],
+    }
+
+
+def test_synthetic_default_sizes_are_balanced(default_sets: dict[str, np.ndarray]) -> None:
+    assert default_sets["train_x"].shape == (5000, 32, 32, 3)
+    assert default_sets["val_x"].shape == (1000, 32, 32, 3)
+    assert np.bincount(default_sets["train_y"]).tolist() == [500] * 10
+    assert np.bincount(default_sets["val_y"]).tolist() == [100] * 10
+
+
+def test_synthetic_train_and_val_are_disjoint(default_sets: dict[str, np.ndarray]) -> None:
+    train = {x.tobytes() for x in default_sets["train_x"]}
+    assert len(train) == 5000
+    assert not any(x.tobytes() in train for x in default_sets["val_x"])
+
+
+def test_synthetic_colour_carries_no_class_information(default_sets: dict[str, np.ndarray]) -> None:
+    x, y = default_sets["train_x"].astype(np.float64), default_sets["train_y"]
+    per_image = x.mean(axis=(1, 2))  # (N, 3) mean colour of each image
+    assert per_image.std(axis=0).min() > 20.0  # colours vary a lot from image to image
+    # One-way ANOVA per channel: with label-independent colours F ~ F(9, 4990), whose 99.9%
+    # quantile is about 3.1; shifting half the classes' red by 15/255 already gives F ~ 10.
+    class_means = np.stack([per_image[y == c].mean(axis=0) for c in range(10)])
+    between = 500 * ((class_means - per_image.mean(axis=0)) ** 2).sum(axis=0) / 9
+    within = sum(((per_image[y == c] - class_means[c]) ** 2).sum(axis=0) for c in range(10)) / (5000 - 10)
+    assert (between / within).max() < 3.5
+
+
+def test_synthetic_shape_stands_out_from_background(default_sets: dict[str, np.ndarray]) -> None:
+    x = default_sets["val_x"].astype(np.float64) / 255.0
+    luma = x @ LUMA  # (N, 32, 32)
+    border = np.concatenate([luma[:, 0], luma[:, -1], luma[:, :, 0], luma[:, :, -1]], axis=1)
+    background = np.median(border, axis=1)[:, None, None]
+    foreground_share = (np.abs(luma - background) > 0.15).mean(axis=(1, 2))
+    assert foreground_share.min() > 0.04
+    assert foreground_share.max() < 0.75
+    assert np.median(foreground_share) > 0.15
+
+
+@pytest.mark.parametrize(
+    ("name", "area"),
+    [
+        ("disk", np.pi * 0.85**2),
+        ("square", 1.36**2),
+        ("triangle", 3 * np.sqrt(3) / 4),  # equilateral, circumradius 1
+        ("plus", 2 * 0.6 * 1.8 - 0.6**2),
+        ("ring", np.pi * (0.9**2 - 0.5**2)),
+        ("star", 5 * 1.0 * 0.45 * np.sin(np.pi / 5)),  # 5-point star polygon, radii 1 and 0.45
+        ("bars", 3 * 1.7 * 0.34),
+    ],
+)
+def test_shape_masks_have_their_geometric_area(name: str, area: float) -> None:
+    coords = (np.arange(800) + 0.5) / 400 - 1.0  # cell area (2/800)^2
+    v, u = np.meshgrid(coords, coords, indexing="ij")
+    mask = synthetic.SHAPES[synthetic.SHAPE_NAMES.index(name)](u, v)
+    assert mask.sum() * (2 / 800) ** 2 == pytest.approx(area, rel=0.01)
+
+
+def test_synthetic_cache_is_reused(_cache_in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = {"name": "Synthetic", "num_images": 30, "seed": 2}
+    first = build_dataset(cfg, "val")
+    files = sorted(p.name for p in _cache_in_tmp.iterdir())
+    assert files == [f"synthetic-v{synthetic.GENERATOR_VERSION}-val-seed2-n30-32px.npz"]
+
+    def fail(*args: object) -> None:
+        raise AssertionError("regenerated although cached")
+
+    monkeypatch.setattr(synthetic, "generate", fail)
+    second = build_dataset(cfg, "val")
+    assert np.array_equal(first.images, second.images) and np.array_equal(first.labels, second.labels)
+    with pytest.raises(AssertionError, match="regenerated"):
+        build_dataset({**cfg, "seed": 3}, "val")  # another key is not served from the cache
+
+
+# ---------------------------------------------------------------------------------------------
+# ImageNet folders and list files
+
+
+def _pixels(seed: int, mode: str = "RGB") -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    shape = (12, 16, 3) if mode == "RGB" else (12, 16)
+    return rng.integers(0, 256, shape, dtype=np.uint8)
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """imagenet/{train,val}/<class>/ with PNGs, JPEGs, an empty file, a text file and a README."""
+    root = tmp_path / "imagenet"
+    for split in ("train", "val"):
+        for c, name in enumerate(["dog", "ant", "cat"]):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            Image.fromarray(_pixels(10 * c)).save(folder / "a.png")
+            Image.fromarray(_pixels(10 * c + 1)).save(folder / "b.JPEG")
+            Image.fromarray(_pixels(10 * c + 2, "L")).save(folder / "c.png")
+    (root / "train" / "dog" / "empty.JPEG").write_bytes(b"")
+    (root / "train" / "cat" / "notes.JPEG").write_text("not an image\n")
+    (root / "train" / "cat" / "README.txt").write_text("ignored: not an image extension\n")
+    return root
+
+
+def test_folder_skip_mode_reports_bad_files(tree: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        ds = build_dataset({"name": "ImageNet", "dataroot": str(tree)}, "train")
+    assert ds.classes == ["ant", "cat", "dog"]
+    assert len(ds) == 9
+    assert [ds.label(i) for i in range(len(ds))] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    bad = sorted([str(tree / "train" / "cat" / "notes.JPEG"), str(tree / "train" / "dog" / "empty.JPEG")])
+    assert sorted(ds.bad_files) == bad
+    assert describe(ds)["bad_files"] == 2 and sorted(describe(ds)["bad_file_paths"]) == bad
+    assert all(path in caplog.text for path in bad)
+    # ant/a.png is the first image; PNG is lossless, and the grayscale c.png comes back as RGB.
+    assert np.array_equal(ds.image(0), _pixels(10))
+    gray = ds.image(2)
+    assert gray.shape == (12, 16, 3) and np.array_equal(gray[..., 1], _pixels(12, "L"))
+    assert ds.image(1).shape == (12, 16, 3) and ds.image(1).dtype == np.uint8
+
+
+def test_folder_strict_mode_names_the_file(tree: Path) -> None:
+    with pytest.raises(DatasetError, match="notes.JPEG"):
+        build_dataset({"name": "ImageNet", "dataroot": str(tree), "bad_files": "strict"}, "train")
+
+
+def test_truncated_file_found_at_load_time(tree: Path) -> None:
+    good = (tree / "val" / "ant" / "b.JPEG").read_bytes()
+    (tree / "val" / "ant" / "b.JPEG").write_bytes(good[: len(good) // 2])
+    strict = build_dataset({"name": "ImageNet", "dataroot": str(tree), "bad_files": "strict"}, "val")
+    with pytest.raises(DatasetError, match="b.JPEG"):
+        strict.image(1)
+    ds = build_dataset({"name": "ImageNet", "dataroot": str(tree)}, "val")
+    assert ds.bad_files == []
+    substitute = ds.image(1)  # replaced by the next image of the same class: ant/c.png
+    assert np.array_equal(substitute[..., 0], _pixels(12, "L")) and ds.label(1) == 0
+    assert ds.bad_files == [str(tree / "val" / "ant" / "b.JPEG")]
+    ds.image(1)
+    assert len(ds.bad_files) == 1
+
+
+def test_dataroot_may_be_the_split_folder(tree: Path) -> None:
+    """PASSL configs point dataroot at .../train; val is then its sibling."""
+    cfg = {"name": "ImageNet", "dataroot": str(tree / "train")}
+    assert len(build_dataset(cfg, "train")) == 9
+    val = build_dataset(cfg, "val")
+    assert len(val) == 9 and val.bad_files == []
+
+
+def test_num_images_takes_a_fixed_subset(tree: Path) -> None:
+    cfg = {"name": "ImageNet", "dataroot": str(tree), "num_images": 4}
+    a, b = build_dataset(cfg, "val"), build_dataset(cfg, "val")
+    assert len(a) == 4 and a.paths == b.paths
+    assert set(a.paths) < set(build_dataset({**cfg, "num_images": 0}, "val").paths)
+
+
+def test_list_file(tree: Path, tmp_path: Path) -> None:
+    spaced = tree / "train" / "dog" / "with space.png"
+    Image.fromarray(_pixels(99)).save(spaced)
+    list_file = tmp_path / "train_list.txt"
+    list_file.write_text("train/dog/with space.png 2\n\ntrain/ant/a.png 0\ntrain/dog/a.png 2\n")
+    ds = build_dataset({"name": "ImageNet", "dataroot": str(tree), "list_file": str(list_file)}, "train")
+    assert len(ds) == 3 and [ds.label(i) for i in range(3)] == [2, 0, 2]
+    assert ds.classes == ["ant", "1", "dog"]  # named after the shared folder; label 1 is unlisted
+    assert np.array_equal(ds.image(0), _pixels(99))
+    # A relative list-file path is also looked up under dataroot.
+    (tree / "val_list.txt").write_text("val/cat/a.png 0\n")
+    assert len(build_dataset({"name": "ImageNet", "dataroot": str(tree), "list_file": "val_list.txt"}, "val")) == 1
+
+
+def test_list_file_bad_line_names_line_number(tree: Path, tmp_path: Path) -> None:
+    list_file = tmp_path / "list.txt"
+    list_file.write_text("train/ant/a.png 0\ntrain/ant/b.JPEG\n")
+    with pytest.raises(DatasetError, match=r"list.txt' line 2"):
+        build_dataset({"name": "ImageNet", "dataroot": str(tree), "list_file": str(list_file)}, "train")
+    with pytest.raises(DatasetError, match="missing.txt"):
+        build_dataset({"name": "ImageNet", "dataroot": str(tree), "list_file": str(tmp_path / "missing.txt")}, "train")
+
+
+def test_folder_errors(tree: Path, tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="nowhere"):
+        build_dataset({"name": "ImageNet", "dataroot": str(tmp_path / "nowhere")}, "train")
+    (tree / "val" / "empty_class").mkdir()
+    with pytest.raises(DatasetError, match="empty_class"):
+        build_dataset({"name": "ImageNet", "dataroot": str(tree)}, "val")
+    (tmp_path / "flat" / "train").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="no class folders"):
+        build_dataset({"name": "ImageNet", "dataroot": str(tmp_path / "flat")}, "train")
+    only_bad = tree / "train" / "zebra"
+    only_bad.mkdir()
+    (only_bad / "x.jpg").write_bytes(b"")
+    with pytest.raises(DatasetError, match="zebra"):
+        build_dataset({"name": "ImageNet", "dataroot": str(tree)}, "train")
+
+
+def test_config_errors() -> None:
+    with pytest.raises(DatasetError, match="'name'"):
+        build_dataset({"name": "MNIST"}, "train")
+    with pytest.raises(DatasetError, match="'bad_files'"):
+        build_dataset({"name": "Synthetic", "bad_files": "ignore"}, "train")
+    with pytest.raises(DatasetError, match="split 'test'"):
+        build_dataset({"name": "Synthetic"}, "test")
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR
+
+
+def _write_pickle(path: Path, obj: object) -> None:
+    path.write_bytes(pickle.dumps(obj, protocol=2))
+
+
+def _fake_cifar(root: Path, hundred: bool) -> dict[str, np.ndarray]:
+    """An archive folder in the official layout; returns the rows and labels written per split."""
+    rng = np.random.default_rng(5)
+    folder = root / ("cifar-100-python" if hundred else "cifar-10-batches-py")
+    folder.mkdir(parents=True)
+    n_classes = 100 if hundred else 10
+    files = {"train": ["train"], "val": ["test"]} if hundred else {
+        "train": [f"data_batch_{i}" for i in range(1, 6)], "val": ["test_batch"]}
+    written: dict[str, np.ndarray] = {}
+    for split, names in files.items():
+        rows, labels = [], []
+        for name in names:
+            data = rng.integers(0, 256, (3, 3072), dtype=np.uint8)
+            label = rng.integers(0, n_classes, 3).tolist()
+            key = b"fine_labels" if hundred else b"labels"
+            batch = {b"batch_label": b"x", b"data": data, key: label, b"filenames": [b"a.png"] * 3}
+            if hundred:
+                batch[b"coarse_labels"] = [0, 0, 0]
+            _write_pickle(folder / name, batch)
+            rows.append(data)
+            labels += label
+        written[f"{split}_x"], written[f"{split}_y"] = np.concatenate(rows), np.array(labels)
+    names = [f"class{i}".encode() for i in range(n_classes)]
+    if hundred:
+        _write_pickle(folder / "meta", {b"fine_label_names": names, b"coarse_label_names": [b"c"]})
+    else:
+        _write_pickle(folder / "batches.meta", {b"label_names": names, b"num_cases_per_batch": 3})
+    return written
+
+
+@pytest.mark.parametrize("hundred", [False, True])
+def test_cifar_folder_and_tarball(tmp_path: Path, hundred: bool) -> None:
+    written = _fake_cifar(tmp_path / "extracted", hundred)
+    name = "CIFAR100" if hundred else "CIFAR10"
+    inner = next((tmp_path / "extracted").iterdir())
+    tarball = tmp_path / f"{inner.name}.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(inner, arcname=inner.name)
+    for path in (tmp_path / "extracted", inner, tarball):
+        for split, count in (("train", 15 if not hundred else 3), ("val", 3)):
+            ds = build_dataset({"name": name, "dataroot": str(path)}, split)
+            rows, labels = written[f"{split}_x"], written[f"{split}_y"]
+            assert len(ds) == count == len(rows)
+            assert ds.classes[:2] == ["class0", "class1"] and len(ds.classes) == (100 if hundred else 10)
+            assert [ds.label(i) for i in range(count)] == labels.tolist()
+            for i in range(count):
+                image = ds.image(i)
+                assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+                # Official layout: row = 1024 red, then green, then blue values, each row-major.
+                assert image[5, 7, 1] == rows[i][1024 + 5 * 32 + 7]
+                assert np.array_equal(image[..., 2].ravel(), rows[i][2048:])
+
+
+def test_cifar_errors(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="not found"):
+        build_dataset({"name": "CIFAR10", "dataroot": str(tmp_path / "missing.tar.gz")}, "train")
+    _fake_cifar(tmp_path / "c100", hundred=True)
+    with pytest.raises(DatasetError, match="data_batch_1"):
+        build_dataset({"name": "CIFAR10", "dataroot": str(tmp_path / "c100")}, "train")
+    garbage = tmp_path / "garbage.tar.gz"
+    garbage.write_bytes(b"not an archive")
+    with pytest.raises(DatasetError, match="garbage.tar.gz"):
+        build_dataset({"name": "CIFAR10", "dataroot": str(garbage)}, "val")
+
+
+def test_cifar_pickle_cannot_run_code(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+
+    class Exploit:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.system, ("echo pwned",))
+
+    buf = io.BytesIO()
+    pickle.dump({b"data": Exploit()}, buf, protocol=2)
+    (folder / "test_batch").write_bytes(buf.getvalue())
+    _write_pickle(folder / "batches.meta", {b"label_names": [b"a"]})
+    with pytest.raises(DatasetError, match="system"):
+        build_dataset({"name": "CIFAR10", "dataroot": str(folder)}, "val")
