@@ -21,12 +21,41 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoint to resume from (default: resume the latest unfinished run of this config)")
 
 
-def load_from_args(args: argparse.Namespace) -> dict:
+def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("multi-process launch (paddle.distributed.launch)")
+    group.add_argument("--nproc_per_node", type=int, default=None, help="processes on this node (CPU: gloo)")
+    group.add_argument("--devices", "--gpus", default=None, help="GPU ids for this node, e.g. 0,1,2,3")
+    group.add_argument("--nnodes", type=int, default=1, help="number of nodes")
+    group.add_argument("--master", default=None, help="rendezvous host:port for multi-node jobs")
+    group.add_argument("--log_dir", default="log", help="the workers' log folder")
+
+
+def overrides_from_args(args: argparse.Namespace) -> list[str]:
     overrides = [item for group in args.override for item in group]
     device = "cpu" if args.no_cuda else args.device
     if device:
         overrides.append(f"device={device}")
-    return load_config(args.config_file, overrides)
+    return overrides
+
+
+def load_from_args(args: argparse.Namespace) -> dict:
+    return load_config(args.config_file, overrides_from_args(args))
+
+
+def launch_pretrain_from_args(args: argparse.Namespace) -> int:
+    """``byol pretrain --nproc_per_node N ...``: validate here, then run the workers through the launcher."""
+    from byol_lib.distributed import launch_pretrain
+
+    try:
+        load_from_args(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    result = launch_pretrain(args.config_file, overrides_from_args(args), nproc_per_node=args.nproc_per_node,
+                             devices=args.devices, nnodes=args.nnodes, master=args.master, log_dir=args.log_dir)
+    if result.returncode != 0:
+        print(f"error: a worker failed (exit code {result.returncode})\n{result.failure_tail}", file=sys.stderr)
+    return result.returncode
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
@@ -59,11 +88,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The ``byol`` console command."""
     parser = argparse.ArgumentParser(prog="byol", description="BYOL reproduction kit on PaddlePaddle")
     commands = parser.add_subparsers(dest="command", required=True)
-    pre = commands.add_parser("pretrain", help="BYOL pretraining (single process, or launched)")
+    pre = commands.add_parser("pretrain", help="BYOL pretraining (one process, or several with --nproc_per_node)")
     add_config_arguments(pre)
+    add_launch_arguments(pre)
     args = parser.parse_args(argv)
     if args.command == "pretrain":
-        return run_pretrain(args)
+        launching = args.nproc_per_node or args.devices or args.nnodes > 1
+        return launch_pretrain_from_args(args) if launching else run_pretrain(args)
     return 2  # pragma: no cover - argparse enforces the choices
 
 
