@@ -14,6 +14,7 @@ import difflib
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,42 +29,42 @@ class ConfigError(ValueError):
     """A config file, key or value that cannot be used; the message names it."""
 
 
+def _dataset_defaults(dataroot: str, num_workers: int, batch_size: int, drop_last: bool) -> Config:
+    return {
+        "num_workers": num_workers,
+        "sampler": {"batch_size": batch_size, "shuffle": True, "drop_last": drop_last},
+        "dataset": {
+            "name": "ImageNet",
+            "dataroot": dataroot,
+            "list_file": "",
+            "return_label": True,
+            "return_two_sample": True,
+            "bad_files": "skip",
+            "num_images": 0,
+            "seed": 0,
+            "transforms": [],
+            "view_trans1": [],
+            "view_trans2": [],
+        },
+    }
+
+
+_RUN_DEFAULTS: Config = {"seed": 0, "device": "auto", "output_dir": "results", "run_id": "", "global_batch_size": None}
+_BACKBONE_DEFAULTS: Config = {"name": "ResNet", "depth": 50, "stem": "imagenet", "width": 64, "with_pool": True,
+                              "num_classes": 0, "zero_init_residual": False}
+_MLP_DEFAULTS: Config = {"name": "NonLinearNeckV2", "in_channels": None, "hid_channels": 4096, "out_channels": 256,
+                         "with_avg_pool": False, "last_bias": False}
+
 PRETRAIN_DEFAULTS: Config = {
     "epochs": 300,
-    "seed": 0,
-    "device": "auto",
-    "output_dir": "results",
-    "run_id": "",
-    "global_batch_size": None,
+    **_RUN_DEFAULTS,
     "total_images": None,
     "use_byol_iters": True,
     "model": {
         "name": "BYOL",
-        "backbone": {
-            "name": "ResNet",
-            "depth": 50,
-            "stem": "imagenet",
-            "width": 64,
-            "with_pool": True,
-            "num_classes": 0,
-            "zero_init_residual": False,
-        },
-        "neck": {
-            "name": "NonLinearNeckV2",
-            "in_channels": None,
-            "hid_channels": 4096,
-            "out_channels": 256,
-            "with_avg_pool": False,
-            "last_bias": False,
-        },
-        "predictor": {
-            "name": "NonLinearNeckV2",
-            "in_channels": None,
-            "hid_channels": 4096,
-            "out_channels": 256,
-            "with_avg_pool": False,
-            "last_bias": False,
-        },
+        "backbone": dict(_BACKBONE_DEFAULTS),
+        "neck": dict(_MLP_DEFAULTS),
+        "predictor": dict(_MLP_DEFAULTS),
         "head": {"name": "L2Head"},
         "target_decay_method": "cosine",
         "target_decay_rate": 0.99,
@@ -72,22 +73,7 @@ PRETRAIN_DEFAULTS: Config = {
         "sync_predictor_bn": True,
         "num_classes": None,
     },
-    "dataloader": {
-        "train": {
-            "num_workers": 2,
-            "sampler": {"batch_size": 128, "shuffle": True, "drop_last": True},
-            "dataset": {
-                "name": "ImageNet",
-                "dataroot": "data/ILSVRC2012/train",
-                "list_file": "",
-                "return_label": True,
-                "return_two_sample": True,
-                "bad_files": "skip",
-                "num_images": 0,
-                "seed": 0,
-            },
-        },
-    },
+    "dataloader": {"train": _dataset_defaults("data/ILSVRC2012/train", 2, 128, True)},
     "augmentation": AUGMENT_DEFAULTS,
     "lr_scheduler": {
         "name": "CosineWarmup",
@@ -110,73 +96,146 @@ PRETRAIN_DEFAULTS: Config = {
     },
     "log_config": {"name": "LogHook", "interval": 10},
     "checkpoint": {"name": "CheckpointHook", "by_epoch": True, "interval": 1, "keep": 2},
+    "custom_config": [],
 }
 
-# Types of keys whose default is None (the others take the type of their default).
-_NONE_TYPES: dict[str, type | tuple[type, ...]] = {
-    "global_batch_size": int,
-    "total_images": int,
-    "model.neck.in_channels": int,
-    "model.predictor.in_channels": int,
-    "model.num_classes": int,
-    "lr_scheduler.learning_rate": float,
-    "lr_scheduler.end_lr": float,
-    "lr_scheduler.warmup_steps": int,
-    "lr_scheduler.T_max": int,
-}
-
-_CHOICES: dict[str, tuple[Any, ...]] = {
-    "device": ("auto", "cpu", "gpu"),
-    "model.name": ("BYOL",),
-    "model.backbone.name": ("ResNet",),
-    "model.backbone.depth": (18, 34, 50),
-    "model.backbone.stem": ("imagenet", "cifar"),
-    "model.backbone.with_pool": (True,),
-    "model.backbone.num_classes": (0,),
-    "model.neck.name": ("NonLinearNeckV2",),
-    "model.predictor.name": ("NonLinearNeckV2",),
-    "model.neck.with_avg_pool": (False, True),
-    "model.head.name": ("L2Head",),
-    "model.target_decay_method": ("cosine", "fixed"),
-    "dataloader.train.dataset.name": ("ImageNet", "Synthetic", "CIFAR10", "CIFAR100"),
-    "dataloader.train.dataset.bad_files": ("skip", "strict"),
-    "use_byol_iters": (True,),
-    "lr_scheduler.name": ("CosineWarmup",),
-    "optimizer.name": ("LarsMomentumOptimizer",),
-    "optimizer.formula": ("jax", "passl"),
-    "log_config.name": ("LogHook",),
-    "checkpoint.name": ("CheckpointHook",),
+LINEAR_DEFAULTS: Config = {
+    "epochs": 80,
+    **_RUN_DEFAULTS,
+    "model": {
+        "name": "ByolClassification",
+        "backbone": {**_BACKBONE_DEFAULTS, "frozen_stages": 4, "pretrained": ""},
+        "head": {"name": "ClasHead", "in_channels": None, "num_classes": None},
+    },
+    "dataloader": {
+        "train": _dataset_defaults("data/ILSVRC2012/train", 2, 128, False),
+        "val": _dataset_defaults("data/ILSVRC2012/val", 2, 128, False),
+    },
+    "augmentation": AUGMENT_DEFAULTS,
+    "lr_scheduler": {
+        "name": "CosineWarmup",
+        "lr_grid": [0.4, 0.3, 0.2, 0.1, 0.05],
+        "scale_lr_by_batch": True,
+        "learning_rate": None,
+        "warmup_steps": 0,
+        "start_lr": 0.0,
+        "end_lr": None,
+        "total_image": None,
+        "total_batch": None,
+        "total_steps": None,
+    },
+    "optimizer": {"name": "Momentum", "momentum": 0.9, "use_nesterov": True, "weight_decay": 0.0},
+    "linear_eval": {
+        "protocol": "paper",
+        "augment": True,
+        "holdout": 10009,
+        "head_init": "jax",
+        "knn_k": [20, 200],
+        "knn_temperature": 0.07,
+        "random_init_baseline": False,
+    },
+    "log_config": {"name": "LogHook", "interval": 10},
+    "custom_config": [],
 }
 
 _Check = tuple[str, Callable[[Any], bool], str]
-_CHECKS: tuple[_Check, ...] = (
-    ("epochs", lambda v: v > 0, "must be > 0"),
-    ("global_batch_size", lambda v: v is None or v > 0, "must be > 0"),
-    ("total_images", lambda v: v is None or v > 0, "must be > 0"),
-    ("model.backbone.width", lambda v: v > 0, "must be > 0"),
-    ("model.neck.hid_channels", lambda v: v > 0, "must be > 0"),
-    ("model.neck.out_channels", lambda v: v > 0, "must be > 0"),
-    ("model.predictor.hid_channels", lambda v: v > 0, "must be > 0"),
-    ("model.predictor.out_channels", lambda v: v > 0, "must be > 0"),
-    ("model.target_decay_rate", lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
-    ("model.num_classes", lambda v: v is None or v > 0, "must be > 0"),
-    ("dataloader.train.num_workers", lambda v: v >= 0, "must be >= 0"),
-    ("dataloader.train.sampler.batch_size", lambda v: v > 0, "must be > 0"),
-    ("dataloader.train.dataset.num_images", lambda v: v >= 0, "must be >= 0 (0 = the whole dataset)"),
-    ("lr_scheduler.base_lr", lambda v: v >= 0, "must be >= 0"),
-    ("lr_scheduler.learning_rate", lambda v: v is None or v >= 0, "must be >= 0"),
-    ("lr_scheduler.start_lr", lambda v: v >= 0, "must be >= 0"),
-    ("lr_scheduler.warmup_epochs", lambda v: v >= 0, "must be >= 0"),
-    ("lr_scheduler.warmup_steps", lambda v: v is None or v >= 0, "must be >= 0"),
-    ("lr_scheduler.T_max", lambda v: v is None or v > 0, "must be > 0"),
-    ("optimizer.momentum", lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
-    ("optimizer.lars_coeff", lambda v: v > 0, "must be > 0"),
-    ("optimizer.lars_weight_decay", lambda v: v >= 0, "must be >= 0"),
-    ("optimizer.epsilon", lambda v: v >= 0, "must be >= 0"),
-    ("log_config.interval", lambda v: v > 0, "must be > 0"),
-    ("checkpoint.interval", lambda v: v > 0, "must be > 0"),
-    ("checkpoint.keep", lambda v: v > 0, "must be > 0"),
+
+
+def _positive(*keys: str) -> tuple[_Check, ...]:
+    return tuple((k, lambda v: v is None or v > 0, "must be > 0") for k in keys)
+
+
+def _non_negative(*keys: str) -> tuple[_Check, ...]:
+    return tuple((k, lambda v: v is None or v >= 0, "must be >= 0") for k in keys)
+
+
+def _dataset_rules(split: str) -> tuple[dict[str, tuple[Any, ...]], tuple[_Check, ...]]:
+    """Allowed values and range checks of one ``dataloader.<split>`` section."""
+    base = f"dataloader.{split}"
+    choices = {f"{base}.dataset.name": ("ImageNet", "Synthetic", "CIFAR10", "CIFAR100"),
+               f"{base}.dataset.bad_files": ("skip", "strict")}
+    checks = (*_non_negative(f"{base}.num_workers", f"{base}.dataset.num_images"),
+              *_positive(f"{base}.sampler.batch_size"))
+    return choices, checks
+
+
+_MODEL_CHOICES = {"model.backbone.name": ("ResNet",), "model.backbone.depth": (18, 34, 50),
+                  "model.backbone.stem": ("imagenet", "cifar"), "model.backbone.with_pool": (True,),
+                  "model.backbone.num_classes": (0,), "device": ("auto", "cpu", "gpu")}
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Every key of one kind of config: defaults, types of None-default keys, allowed values, range checks."""
+
+    kind: str
+    defaults: Config
+    none_types: dict[str, type | tuple[type, ...]] = field(default_factory=dict)
+    choices: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    checks: tuple[_Check, ...] = ()
+    splits: tuple[str, ...] = ("train",)
+
+
+PRETRAIN = Schema(
+    kind="pretrain",
+    defaults=PRETRAIN_DEFAULTS,
+    none_types={"global_batch_size": int, "total_images": int, "model.neck.in_channels": int,
+                "model.predictor.in_channels": int, "model.num_classes": int, "lr_scheduler.learning_rate": float,
+                "lr_scheduler.end_lr": float, "lr_scheduler.warmup_steps": int, "lr_scheduler.T_max": int},
+    choices={**_MODEL_CHOICES, **_dataset_rules("train")[0],
+             "model.name": ("BYOL",), "model.neck.name": ("NonLinearNeckV2",),
+             "model.predictor.name": ("NonLinearNeckV2",), "model.neck.with_avg_pool": (False, True),
+             "model.head.name": ("L2Head",), "model.target_decay_method": ("cosine", "fixed"),
+             "use_byol_iters": (True,), "lr_scheduler.name": ("CosineWarmup",),
+             "optimizer.name": ("LarsMomentumOptimizer",), "optimizer.formula": ("jax", "passl"),
+             "log_config.name": ("LogHook",), "checkpoint.name": ("CheckpointHook",)},
+    checks=(
+        *_positive("epochs", "global_batch_size", "total_images", "model.backbone.width", "model.neck.hid_channels",
+                   "model.neck.out_channels", "model.predictor.hid_channels", "model.predictor.out_channels",
+                   "model.num_classes", "lr_scheduler.T_max", "optimizer.lars_coeff", "log_config.interval",
+                   "checkpoint.interval", "checkpoint.keep"),
+        *_non_negative("lr_scheduler.base_lr", "lr_scheduler.learning_rate", "lr_scheduler.start_lr",
+                       "lr_scheduler.warmup_epochs", "lr_scheduler.warmup_steps", "optimizer.lars_weight_decay",
+                       "optimizer.epsilon"),
+        ("model.target_decay_rate", lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
+        ("optimizer.momentum", lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
+        *_dataset_rules("train")[1],
+    ),
 )
+
+LINEAR = Schema(
+    kind="linear",
+    defaults=LINEAR_DEFAULTS,
+    none_types={"global_batch_size": int, "model.head.in_channels": int, "model.head.num_classes": int,
+                "lr_scheduler.learning_rate": float, "lr_scheduler.end_lr": float, "lr_scheduler.total_image": int,
+                "lr_scheduler.total_batch": int, "lr_scheduler.total_steps": int},
+    choices={**_MODEL_CHOICES, **_dataset_rules("train")[0], **_dataset_rules("val")[0],
+             "model.name": ("ByolClassification", "Classification"), "model.backbone.frozen_stages": (4,),
+             "model.head.name": ("ClasHead",),
+             "lr_scheduler.name": ("CosineWarmup", "CosinWarmup", "ByolLRScheduler"),
+             "lr_scheduler.warmup_steps": (0,), "optimizer.name": ("Momentum",),
+             "linear_eval.protocol": ("paper", "passl"), "linear_eval.head_init": ("jax", "passl"),
+             "log_config.name": ("LogHook",)},
+    checks=(
+        *_positive("epochs", "global_batch_size", "model.backbone.width", "model.head.in_channels",
+                   "model.head.num_classes", "log_config.interval", "linear_eval.knn_temperature"),
+        *_non_negative("lr_scheduler.learning_rate", "lr_scheduler.start_lr", "optimizer.weight_decay",
+                       "linear_eval.holdout"),
+        ("lr_scheduler.lr_grid", lambda v: bool(v) and all(isinstance(x, (int, float)) and x > 0 for x in v),
+         "must be a non-empty list of positive learning rates"),
+        ("linear_eval.knn_k", lambda v: all(isinstance(x, int) and x > 0 for x in v), "must be positive integers"),
+        ("optimizer.momentum", lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
+        *_dataset_rules("train")[1], *_dataset_rules("val")[1],
+    ),
+    splits=("train", "val"),
+)
+
+
+def schema_for(data: Mapping[str, Any]) -> Schema:
+    """The schema a config file is written for, by its ``model.name`` (BYOL unless a classification name)."""
+    model = data.get("model") if isinstance(data, Mapping) else None
+    name = model.get("name") if isinstance(model, Mapping) else None
+    return LINEAR if name in LINEAR.choices["model.name"] else PRETRAIN
 
 
 class _Loader(yaml.SafeLoader):
@@ -316,53 +375,59 @@ def _type_name(expected: type | tuple[type, ...]) -> str:
     return " or ".join(t.__name__ for t in types)
 
 
-def validate(cfg: Config, source: str = "config") -> None:
+def validate(cfg: Config, schema: Schema, source: str = "config") -> None:
     """Types, choices and ranges of every key; raises ``ConfigError`` naming key and value."""
-    flat, reference = flatten(cfg), flatten(PRETRAIN_DEFAULTS)
+    flat, reference = flatten(cfg), flatten(schema.defaults)
     for key, default in reference.items():
         value = flat[key]
-        expected = _NONE_TYPES.get(key, type(default))
-        if value is None and (default is None or key in _NONE_TYPES):
+        expected = schema.none_types.get(key, type(default))
+        if value is None and (default is None or key in schema.none_types):
             continue
         if not _type_ok(value, expected):
             raise ConfigError(f"{source}: key '{key}' must be {_type_name(expected)}, got {value!r}")
-    for key, choices in _CHOICES.items():
+    for key, choices in schema.choices.items():
         if flat[key] not in choices:
             raise ConfigError(f"{source}: key '{key}' = {flat[key]!r} is not one of {list(choices)}")
-    for key, ok, message in _CHECKS:
+    for key, ok, message in schema.checks:
         if not ok(flat[key]):
             raise ConfigError(f"{source}: key '{key}' = {flat[key]!r} {message}")
     try:
         validate_augment(cfg["augmentation"])
     except ValueError as err:
         raise ConfigError(f"{source}: {err}") from err
-    _validate_dataset(cfg, source)
+    for split in schema.splits:
+        _validate_dataroot(cfg["dataloader"][split]["dataset"], f"dataloader.{split}.dataset.dataroot", source)
 
 
-def _validate_dataset(cfg: Config, source: str) -> None:
-    dataset = cfg["dataloader"]["train"]["dataset"]
+def _validate_dataroot(dataset: Config, key: str, source: str) -> None:
     if dataset["name"] == "Synthetic":
         return
     root = Path(dataset["dataroot"])
     if not root.exists():
         raise ConfigError(
-            f"{source}: key 'dataloader.train.dataset.dataroot' = '{root}' does not exist "
-            f"(dataset {dataset['name']}); point it at your data, or use "
-            "-o dataloader.train.dataset.name=Synthetic for the embedded default dataset"
+            f"{source}: key '{key}' = '{root}' does not exist (dataset {dataset['name']}); point it at your data, "
+            f"or use -o {key.rsplit('.', 1)[0]}.name=Synthetic for the embedded default dataset"
         )
 
 
-def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Config:
-    """Defaults <- YAML file <- ``-o`` overrides, validated."""
-    cfg = copy.deepcopy(PRETRAIN_DEFAULTS)
-    source = str(path) if path else "defaults"
-    if path:
-        _merge(cfg, _read_yaml(Path(path)), PRETRAIN_DEFAULTS, source)
+def load_config(path: str | Path | None, overrides: Iterable[str] = (), schema: Schema | None = None) -> Config:
+    """Defaults <- YAML file <- ``-o`` overrides, validated. The schema follows the file's ``model.name``."""
+    data = _read_yaml(Path(path)) if path else {}
+    schema = schema or schema_for(data)
+    cfg = copy.deepcopy(schema.defaults)
+    overrides = list(overrides)
+    source = str(path) if path else f"{schema.kind} defaults"
+    _merge(cfg, data, schema.defaults, source)
     for text in overrides:
         key, value = parse_override(text)
-        _merge(cfg, _nest(key, value), PRETRAIN_DEFAULTS, f"override '-o {text}'")
-    validate(cfg, source)
+        _merge(cfg, _nest(key, value), schema.defaults, f"override '-o {text}'")
+    validate(cfg, schema, source + (" with overrides" if overrides else ""))
     return cfg
+
+
+def config_kind(cfg: Config) -> str:
+    """``pretrain`` or ``linear``."""
+    return schema_for(cfg).kind
 
 
 # ---------------------------------------------------------------------------------------------

@@ -51,6 +51,12 @@ def synchronise_batch_norm(model: BYOL, cfg: Config, ctx: distributed.Context) -
         model.predictor = convert(model.predictor)
 
 
+def all_finite(model: nn.Layer) -> bool:
+    """No NaN or infinity in any parameter or BN statistic (checked before every checkpoint)."""
+    with paddle.no_grad():
+        return all(bool(paddle.isfinite(p).all()) for p in model.parameters())
+
+
 def checkpoint_every(cfg: Config) -> int:
     ckpt = cfg["checkpoint"]
     if ckpt["by_epoch"]:
@@ -170,10 +176,17 @@ def pretrain(cfg: Config, resume: Path | None = None, verbose: bool = True) -> P
                     metrics.append(row)
                 sums, window_steps, window_start = {}, 0, time.perf_counter()
             progress.update(1, row)
-            if ctx.is_main and (done % every_ckpt == 0 or done == derived["total_steps"]):
-                wall = elapsed_before + time.perf_counter() - run_start
-                save_checkpoint(ckpt_dir, done, model, optimizer, {"wall_time_s": wall},
-                                keep=cfg["checkpoint"]["keep"])
+            if done % every_ckpt == 0 or done == derived["total_steps"]:
+                finite = distributed.mean_over_ranks({"finite": float(all_finite(model))}, ctx)["finite"] == 1.0
+                if not finite:  # every rank agrees, so every rank stops
+                    raise NonFiniteLossError(
+                        f"step {step}: the weights became NaN or infinite (loss was {values['loss']}); stopping "
+                        f"without writing a checkpoint. The last good one is "
+                        f"{latest_checkpoint(ckpt_dir) or 'none'}; lower the learning rate")
+                if ctx.is_main:
+                    wall = elapsed_before + time.perf_counter() - run_start
+                    save_checkpoint(ckpt_dir, done, model, optimizer, {"wall_time_s": wall},
+                                    keep=cfg["checkpoint"]["keep"])
     except BaseException as err:
         if ctx.is_main:
             results.write_json_atomic(run_dir / "summary.json",

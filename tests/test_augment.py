@@ -272,6 +272,71 @@ def test_coin_frequency() -> None:
     assert abs(hits - 300) < 4 * math.sqrt(1000 * 0.3 * 0.7)
 
 
+PAPER_PROBS = {  # reference §4.1 (paper Table 6), written out rather than read from AUGMENT_DEFAULTS
+    "view1": {"flip": 0.5, "color_jitter": 0.8, "grayscale": 0.2, "blur": 1.0, "solarize": 0.0},
+    "view2": {"flip": 0.5, "color_jitter": 0.8, "grayscale": 0.2, "blur": 0.1, "solarize": 0.2},
+}
+
+
+def within_band(hits: float, n: int, p: float, sigmas: float = 4.5) -> bool:
+    """``hits`` of ``n`` Bernoulli(p) draws lies within ``sigmas`` binomial standard deviations of ``n p``."""
+    return abs(hits - n * p) <= sigmas * math.sqrt(n * p * (1 - p))
+
+
+def marked_image(size: int, seed: int) -> np.ndarray:
+    """A colourful square image whose two leftmost columns are identical while the two rightmost ones are
+    complementary (``c`` and ``255 - c`` with ``c`` in {0, 255}): every op before blur maps equal pixels
+    to equal pixels and commutes with a horizontal flip, so the equal pair tells which side is left."""
+    img = random_image(size, size, seed)
+    img[:, 1] = img[:, 0]
+    img[:, -1] = np.random.default_rng(seed + 1).choice([0, 255], size=(size, 3))
+    img[:, -2] = 255 - img[:, -1]
+    return img
+
+
+@pytest.mark.parametrize(("view", "seed"), [("view1", 31), ("view2", 32)])
+def test_default_op_frequencies_per_view(view: str, seed: int) -> None:
+    """3000 draws of a default view of a full-image crop (crop draws still made; probabilities untouched).
+
+    Observed from outputs only: flip from which side keeps its equal column pair, grayscale from equal
+    channels, jitter from any difference to the base image (flipped / grayed as observed, luma written
+    out here). Every draw must be unambiguous: the margins are asserted, not assumed.
+    Blur and solarise come from the flags of the device parameter vector.
+    """
+    size, n = 8, 3000
+    aug = make_aug(size, crop={"area": [1.0, 1.0], "ratio": [1.0, 1.0]})
+    assert {k: aug[view][k] for k in PAPER_PROBS[view]} == PAPER_PROBS[view]
+    img = marked_image(size, seed)
+    base = img.transpose(2, 0, 1).astype(np.float64) / 255.0
+    luma = np.array([0.2989, 0.5870, 0.1140])
+    sampler, rng = A.ViewSampler(aug, view), np.random.default_rng(seed)
+    ops = np.zeros((n, 5), dtype=bool)  # flip, jitter, grayscale, blur, solarise
+    sigmas = np.zeros(n)
+    for i in range(n):
+        x, params = sampler(img, rng)
+        left, right = np.abs(x[:, :, 0] - x[:, :, 1]).max(), np.abs(x[:, :, -1] - x[:, :, -2]).max()
+        assert min(left, right) < 1e-6 < 0.1 < max(left, right)
+        flip = right < left
+        gray = np.array_equal(x[0], x[1]) and np.array_equal(x[1], x[2])
+        assert gray or np.abs(x - x.mean(axis=0)).max() > 0.05
+        ref = base[:, :, ::-1] if flip else base
+        if gray:
+            ref = np.broadcast_to(np.tensordot(luma, ref, axes=1), ref.shape)
+        change = np.abs(x - ref).max()
+        assert change < 1e-5 or change > 1e-3
+        assert params[0] in (0.0, 1.0) and params[1] in (0.0, 1.0) and len(params) == 3
+        ops[i] = flip, change > 1e-3, gray, params[0] == 1, params[1] == 1
+        sigmas[i] = params[2]
+    probs = [PAPER_PROBS[view][k] for k in ("flip", "color_jitter", "grayscale", "blur", "solarize")]
+    for j, p in enumerate(probs):
+        assert within_band(ops[:, j].sum(), n, p), (j, ops[:, j].mean(), p)
+    for j in range(5):  # independent coins: every pair's joint frequency is the product
+        for k in range(j + 1, 5):
+            assert within_band((ops[:, j] & ops[:, k]).sum(), n, probs[j] * probs[k]), (j, k)
+    assert sigmas.min() >= 0.1 and sigmas.max() <= 2.0
+    assert abs(sigmas.mean() - 1.05) <= 4.5 * 1.9 / math.sqrt(12 * n)  # U(0.1, 2.0)
+
+
 # ----------------------------------------------------------------------------- device part
 
 
@@ -310,6 +375,63 @@ def test_device_blur_matches_numpy_per_image_sigma() -> None:
         ref = x[n] if n == 3 else numpy_blur(x[n], k / k.sum())
         np.testing.assert_allclose(out[n], ref, atol=2e-6)
     np.testing.assert_array_equal(out[3], x[3])
+
+
+def gaussian_taps(sigma: float, taps: int) -> np.ndarray:
+    """The normalised 1-D Gaussian filter, written out in float64."""
+    values = [math.exp(-((i - taps // 2) ** 2) / (2 * sigma * sigma)) for i in range(taps)]
+    return np.array(values) / sum(values)
+
+
+def test_blur_kernel_at_224_is_a_normalised_symmetric_23_tap_gaussian() -> None:
+    aug = make_aug(224)
+    taps = A.blur_taps(224, aug["blur"]["kernel_fraction"])
+    assert taps == 23 and A.device_params_length(aug) == 3
+    sampler, rng = A.ViewSampler(aug, "view1"), np.random.default_rng(33)
+    drawn = [sampler(random_image(24, 24, 33), rng)[1][2] for _ in range(10)]
+    sigmas = np.array([0.1, 2.0, *drawn], dtype=np.float32)
+    assert np.all((sigmas >= 0.1) & (sigmas <= 2.0))
+    kernels = A.blur_kernels(paddle.to_tensor(sigmas[:, None]), taps).numpy()
+    assert kernels.shape == (len(sigmas), 23)
+    np.testing.assert_allclose(kernels.sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(kernels, kernels[:, ::-1], rtol=1e-6, atol=0)  # exp may differ by an ulp per lane
+    assert np.all(np.diff(kernels[:, 11:], axis=1) <= 0) and np.all(kernels.argmax(axis=1) == 11)
+    for kernel, sigma in zip(kernels, sigmas, strict=True):
+        np.testing.assert_allclose(kernel, gaussian_taps(float(sigma), 23), atol=1e-6)
+
+
+def test_blur_of_a_delta_at_224_gives_the_kernel_back() -> None:
+    aug = identity_norm(make_aug(224))
+    sigmas = [0.1, 0.9, 2.0]
+    x = np.zeros((3, 3, 224, 224), dtype=np.float32)
+    x[:, :, 100, 130] = 1.0
+    params = np.array([[1, 0, s] for s in sigmas], dtype=np.float32)
+    out = A.device_augment(paddle.to_tensor(x), paddle.to_tensor(params), aug).numpy()
+    for n, sigma in enumerate(sigmas):
+        k = gaussian_taps(sigma, 23)
+        ref = np.zeros((224, 224))
+        ref[89:112, 119:142] = np.outer(k, k)
+        for c in range(3):
+            np.testing.assert_allclose(out[n, c], ref, atol=1e-7)
+    rows, cols = np.nonzero(out[2, 0])  # sigma 2: every one of the 23 x 23 taps is non-zero, nothing else
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (89, 111, 119, 141)
+
+
+def test_blur_keeps_a_constant_image_constant_away_from_the_zero_padded_border() -> None:
+    """Zero 'SAME' padding (as in JAX): within 11 px of the border the blur mixes in zeros and darkens;
+    from 11 px in, a constant image stays constant. On the border the value is ``c`` times the kernel
+    mass that falls inside the image, ``s = sum(k[11:])`` per axis."""
+    aug = identity_norm(make_aug(224))
+    c, sigmas = 0.3, [0.7, 2.0]
+    x = np.full((2, 3, 224, 224), c, dtype=np.float32)
+    params = np.array([[1, 0, s] for s in sigmas], dtype=np.float32)
+    out = A.device_augment(paddle.to_tensor(x), paddle.to_tensor(params), aug).numpy()
+    np.testing.assert_allclose(out[:, :, 11:-11, 11:-11], c, atol=1e-6)
+    for n, sigma in enumerate(sigmas):
+        inside = gaussian_taps(sigma, 23)[11:].sum()
+        np.testing.assert_allclose(out[n, :, 0, 0], c * inside**2, atol=1e-6)
+        np.testing.assert_allclose(out[n, :, 112, -1], c * inside, atol=1e-6)
+    assert out[1, 0, 0, 112] < c - 0.05
 
 
 def test_passl_per_tap_kernel_is_normalised_and_asymmetric() -> None:

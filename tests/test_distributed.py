@@ -64,7 +64,7 @@ def test_failed_worker_fails_the_launch_with_its_log(tmp_path: Path) -> None:
                          nproc_per_node=2, log_dir=tmp_path / "log")
     result = run_launch(cmd, tmp_path / "log", stream=False)
     assert result.returncode != 0
-    assert "loss is" in result.failure_tail and "workerlog" in result.failure_tail
+    assert "lower the learning rate" in result.failure_tail and "workerlog" in result.failure_tail
 
 
 def test_two_nodes_rendezvous_on_loopback(tmp_path: Path) -> None:

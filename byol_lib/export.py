@@ -1,0 +1,312 @@
+"""Weight export: PASSL's ``tools/extract_weight.py`` and ``tools/passl2ppclas/convert.py`` (reference §9).
+
+Inputs, all read with ``paddle.load`` (which also reads PASSL's plain ``pickle.dump`` files):
+
+* this project's checkpoints, ``{"step", "model", "optimizer", "extra"}``, online encoder under ``online.encoder.``;
+* PASSL checkpoints, ``{"epoch", "state_dict", "optimizer", "lr_scheduler"}``, online encoder under
+  ``towers.0.0.`` and its alias ``backbone.``;
+* flat ``{name: array}`` files: extracted backbones (with or without a ``backbone.`` prefix) and linear-eval
+  classifier files (``backbone.*`` plus a head).
+
+Extraction without ``--prefix`` returns the online encoder with bare ``paddle.vision`` names (``conv1.weight``,
+...), which load into ``byol_lib.model.ResNet`` or ``paddle.vision.models.ResNet`` as they are: PASSL's
+documented command kept the ``backbone.`` prefix, which the bare backbone then skipped (reference D19).
+
+The PaddleClas conversion maps names, not positions: ``paddle.vision`` names to PaddleClas 2.x ("legendary")
+ResNet names by the rule of reference §9.3, with every key and shape checked against the architecture.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import paddle
+
+State = dict[str, np.ndarray]
+
+ARCHS: dict[str, tuple[tuple[int, ...], int]] = {  # blocks per stage, block expansion
+    "res18": ((2, 2, 2, 2), 1),
+    "res34": ((3, 4, 6, 3), 1),
+    "res50": ((3, 4, 6, 3), 4),
+    "res101": ((3, 4, 23, 3), 4),
+}
+ONLINE_ENCODER_PREFIXES = ("online.encoder", "towers.0.0", "backbone")  # ours, PASSL, extracted/classifier
+PREFIX_ALIASES = {"backbone": ("online.encoder", "towers.0.0")}
+BN_TENSORS = ("weight", "bias", "_mean", "_variance")
+FC_KEYS = ("fc.weight", "fc.bias")
+EXTRACT_SUFFIXES = (".pdparams", ".pd")
+CONVERT_SUFFIXES = (".pdparams",)  # PaddleClas appends .pdparams to its pretrained-model path
+_SHOWN = 8  # keys listed in an error message
+
+
+class ExportError(ValueError):
+    """A checkpoint that cannot be extracted or converted; the message is one line."""
+
+
+def _listing(keys: Sequence[str]) -> str:
+    more = f" ... (+{len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else ""
+    return f"{len(keys)} [{', '.join(keys[:_SHOWN])}{more}]"
+
+
+def _groups(state: Mapping[str, np.ndarray]) -> str:
+    """Top-level key groups with counts, e.g. ``towers.0.0 (265), predictor (12)``."""
+    counts: Counter[str] = Counter()
+    for key in state:
+        parts = key.split(".")
+        depth = 1
+        while depth < len(parts) - 1 and parts[depth].isdigit():
+            depth += 1
+        counts[".".join(parts[:depth])] += 1
+    names = sorted(counts)
+    more = f", ... (+{len(names) - 12} groups)" if len(names) > 12 else ""
+    return ", ".join(f"{name} ({counts[name]})" for name in names[:12]) + more
+
+
+def _state_dict_of(obj: object) -> object:
+    """The model state dict inside a loaded file: ours (``model``), PASSL's (``state_dict``), or the file itself."""
+    if isinstance(obj, dict):
+        if isinstance(obj.get("model"), dict) and "step" in obj:
+            return obj["model"]
+        if isinstance(obj.get("state_dict"), dict):
+            return obj["state_dict"]
+    return obj
+
+
+def load_any_checkpoint(path: str | os.PathLike[str]) -> State:
+    """The flat model state dict of a checkpoint of ours, of PASSL, or of an extracted/classifier weight file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: {'not a file' if path.exists() else 'no such file'}")
+    try:
+        obj = paddle.load(str(path), return_numpy=True)
+    except Exception as err:  # paddle.load raises ValueError, EOFError, UnpicklingError, RuntimeError...
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportError(f"{path}: not a Paddle/pickle weight file ({reason})") from err
+    state = _state_dict_of(obj)
+    if not isinstance(state, dict):
+        raise ExportError(f"{path}: holds a {type(state).__name__}, not a state dict")
+    if not state:
+        raise ExportError(f"{path}: the state dict is empty")
+    bad = [str(k) for k, v in state.items() if not isinstance(k, str) or not isinstance(v, np.ndarray)]
+    if bad:
+        raise ExportError(f"{path}: not a state dict of arrays; keys without an array value: {_listing(bad)}")
+    return state
+
+
+def _under(state: Mapping[str, np.ndarray], prefix: str) -> State:
+    """Entries whose key starts with ``prefix + '.'``, with that prefix removed, in stored order."""
+    start = prefix + "."
+    return {key[len(start):]: value for key, value in state.items() if key.startswith(start)}
+
+
+def extract_online_encoder(state: Mapping[str, np.ndarray], prefix: str | None = None,
+                           remove_prefix: bool = False) -> State:
+    """Select the online encoder (``prefix=None``) or, with PASSL's semantics, every key under ``prefix``.
+
+    ``prefix=None``: the first of ``online.encoder``, ``towers.0.0``, ``backbone`` present, returned with bare
+    names; a file that already has bare names (``conv1.weight``) is returned unchanged; ``remove_prefix`` is
+    then irrelevant. An explicit ``prefix`` keeps the keys under ``prefix.`` (matched at a dot, so ``backbone``
+    does not match ``backbone_x``); ``backbone`` also finds ``online.encoder`` or ``towers.0.0`` in files without
+    ``backbone.`` keys. Without ``remove_prefix`` the output keys are ``prefix.<name>`` as in PASSL.
+    """
+    if prefix is None:
+        for candidate in ONLINE_ENCODER_PREFIXES:
+            if found := _under(state, candidate):
+                return found
+        if "conv1.weight" in state:
+            return dict(state)
+        raise ExportError(f"no online encoder: no key under {', '.join(p + '.' for p in ONLINE_ENCODER_PREFIXES)} "
+                          f"and no bare 'conv1.weight'; key groups: {_groups(state)}")
+    prefix = prefix.rstrip(".")
+    if not prefix:
+        raise ExportError("the extraction prefix is empty")
+    for source in (prefix, *PREFIX_ALIASES.get(prefix, ())):
+        if found := _under(state, source):
+            return found if remove_prefix else {f"{prefix}.{key}": value for key, value in found.items()}
+    raise ExportError(f"prefix {prefix!r} matches no key; key groups: {_groups(state)}")
+
+
+def _conv_bn(conv: str, bn: str, target: str, shape: tuple[int, ...]) -> list[tuple[str, str, tuple[int, ...]]]:
+    return [(f"{conv}.weight", f"{target}.conv.weight", shape),
+            *((f"{bn}.{t}", f"{target}.bn.{t}", (shape[0],)) for t in BN_TENSORS)]
+
+
+def backbone_layout(arch: str, width: int = 64) -> list[tuple[str, str, tuple[int, ...]]]:
+    """``(paddle.vision name, PaddleClas name, shape)`` of every backbone tensor of ``arch``, in PaddleClas order."""
+    if arch not in ARCHS:
+        raise ExportError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    blocks, expansion = ARCHS[arch]
+    kernels = (1, 3, 1) if expansion == 4 else (3, 3)
+    rows = _conv_bn("conv1", "bn1", "stem.0", (width, 3, 7, 7))
+    cin, g = width, 0
+    for s, count in enumerate(blocks):
+        mid = width * 2**s
+        cout = mid * expansion
+        for b in range(count):
+            name, fan_in = f"layer{s + 1}.{b}", cin
+            for k, kernel in enumerate(kernels):
+                out = cout if k == len(kernels) - 1 else mid
+                rows += _conv_bn(f"{name}.conv{k + 1}", f"{name}.bn{k + 1}", f"blocks.{g}.conv{k}",
+                                 (out, fan_in, kernel, kernel))
+                fan_in = out
+            if b == 0 and (s > 0 or cin != cout):
+                rows += _conv_bn(f"{name}.downsample.0", f"{name}.downsample.1", f"blocks.{g}.short",
+                                 (cout, cin, 1, 1))
+            cin, g = cout, g + 1
+    return rows
+
+
+def paddleclas_keys(arch: str, with_fc: bool = False) -> list[str]:
+    """PaddleClas 2.x ResNet parameter names of ``arch`` in registration order (265 for res50, +2 with fc)."""
+    return [target for _, target, _ in backbone_layout(arch)] + (list(FC_KEYS) if with_fc else [])
+
+
+def to_paddleclas(state: Mapping[str, np.ndarray], arch: str, width: int = 64) -> State:
+    """Rename a bare ``paddle.vision``-named ResNet state dict to PaddleClas names, checking keys and shapes.
+
+    ``fc.weight``/``fc.bias`` are carried over when both are present. ``width`` is the stem width the
+    checkpoint was trained with (64 for the standard ResNets that PaddleClas builds).
+    """
+    layout = backbone_layout(arch, width)
+    expected = [source for source, _, _ in layout]
+    has_fc = any(key in state for key in FC_KEYS)
+    missing = [key for key in expected + (list(FC_KEYS) if has_fc else []) if key not in state]
+    known = set(expected) | set(FC_KEYS)
+    unexpected = [key for key in state if key not in known]
+    if missing or unexpected:
+        raise ExportError(f"not a {arch} backbone (paddle.vision names): missing {_listing(missing)}, "
+                          f"unexpected {_listing(unexpected)}")
+    wrong = [f"{source} {list(state[source].shape)} (expected {list(shape)})"
+             for source, _, shape in layout if tuple(state[source].shape) != shape]
+    if has_fc:
+        weight, bias = state["fc.weight"].shape, state["fc.bias"].shape
+        if len(weight) != 2 or weight[0] != layout[-1][2][0] or bias != weight[1:]:
+            wrong.append(f"fc.weight {list(weight)} / fc.bias {list(bias)} (expected [{layout[-1][2][0]}, N] / [N])")
+    if wrong:
+        stem = state["conv1.weight"].shape
+        hint = ""
+        if len(stem) == 4 and stem[2:] != (7, 7):
+            hint = f"; the stem is {stem[2]}x{stem[3]} (CIFAR stem?), PaddleClas ResNets have a 7x7 stem"
+        elif len(stem) == 4 and stem[0] != width:
+            hint = f"; the checkpoint looks trained with width {stem[0]} (--width {stem[0]})"
+        raise ExportError(f"shapes do not fit {arch} with width {width}: {_listing(wrong)}{hint}")
+    converted = {target: state[source] for source, target, _ in layout}
+    if has_fc:
+        converted.update({key: state[key] for key in FC_KEYS})
+    return converted
+
+
+def _check_suffix(path: Path, suffixes: Sequence[str]) -> None:
+    if path.suffix not in suffixes:
+        raise ExportError(f"{path}: the output file name must end in {' or '.join(suffixes)}")
+
+
+def save_weights(state: Mapping[str, np.ndarray], path: str | os.PathLike[str],
+                 suffixes: Sequence[str] = EXTRACT_SUFFIXES) -> Path:
+    """Write a flat ``{name: array}`` dict with ``paddle.save``, atomically (temp file, fsync, rename)."""
+    path = Path(path)
+    _check_suffix(path, suffixes)
+    if not state:
+        raise ExportError(f"{path}: refusing to write an empty state dict")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        paddle.save(dict(state), str(tmp))
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        raise ExportError(f"{path}: cannot write ({err.strerror or err})") from err
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def extract_file(checkpoint: str | os.PathLike[str], output: str | os.PathLike[str], prefix: str | None = None,
+                 remove_prefix: bool = False) -> State:
+    """Extract from ``checkpoint`` (see ``extract_online_encoder``) and save to ``output``; errors name the file."""
+    _check_suffix(Path(output), EXTRACT_SUFFIXES)
+    state = load_any_checkpoint(checkpoint)
+    try:
+        extracted = extract_online_encoder(state, prefix, remove_prefix)
+    except ExportError as err:
+        raise ExportError(f"{checkpoint}: {err}") from err
+    save_weights(extracted, output, EXTRACT_SUFFIXES)
+    return extracted
+
+
+def convert_file(checkpoint: str | os.PathLike[str], output: str | os.PathLike[str], arch: str = "res50",
+                 width: int = 64) -> State:
+    """Convert the online encoder in ``checkpoint`` (full or extracted) to PaddleClas names and save it."""
+    _check_suffix(Path(output), CONVERT_SUFFIXES)
+    backbone_layout(arch)  # reject an unknown architecture before reading the file
+    state = load_any_checkpoint(checkpoint)
+    try:
+        converted = to_paddleclas(extract_online_encoder(state), arch, width)
+    except ExportError as err:
+        raise ExportError(f"{checkpoint}: {err}") from err
+    save_weights(converted, output, CONVERT_SUFFIXES)
+    return converted
+
+
+def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path,
+                        help="checkpoint of this project or of PASSL, or a classifier/extracted weight file")
+    parser.add_argument("--output", type=Path, required=True, help="output file, ending in .pdparams or .pd")
+    parser.add_argument("--prefix", default=None,
+                        help="keep only keys under PREFIX (PASSL semantics; 'backbone' also means online.encoder). "
+                             "Default: the online encoder with bare names, ready for the bare ResNet")
+    parser.add_argument("--remove_prefix", action="store_true",
+                        help="strip PREFIX from the kept keys (without it an explicit PREFIX stays, as in PASSL)")
+
+
+def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--type", dest="arch", choices=tuple(ARCHS), default="res50", help="ResNet depth")
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="full checkpoint (this project's or PASSL's) or an extracted backbone file")
+    parser.add_argument("--output", type=Path, required=True, help="PaddleClas weight file, ending in .pdparams")
+    parser.add_argument("--width", type=int, default=64, help="stem width the checkpoint was trained with")
+
+
+def _report_errors(action: str, run: Callable[[], State]) -> int:
+    try:
+        state = run()
+    except ExportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{action}: {len(state)} tensors")
+    return 0
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    """Run an ``extract`` command line; exit code 2 and one ``error:`` line on bad input."""
+    return _report_errors(f"wrote {args.output}",
+                          lambda: extract_file(args.checkpoint, args.output, args.prefix, args.remove_prefix))
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """Run a ``convert`` command line; exit code 2 and one ``error:`` line on bad input."""
+    return _report_errors(f"wrote {args.output} (PaddleClas {args.arch})",
+                          lambda: convert_file(args.checkpoint, args.output, args.arch, args.width))
+
+
+def extract_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``tools/extract_weight.py``."""
+    parser = argparse.ArgumentParser(prog="tools/extract_weight.py",
+                                     description="Extract the online encoder (or any prefix) from a checkpoint")
+    add_extract_arguments(parser)
+    return run_extract(parser.parse_args(argv))
+
+
+def convert_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``tools/passl2ppclas/convert.py``."""
+    parser = argparse.ArgumentParser(prog="tools/passl2ppclas/convert.py",
+                                     description="Convert a ResNet backbone to PaddleClas 2.x parameter names")
+    add_convert_arguments(parser)
+    return run_convert(parser.parse_args(argv))
