@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from byol_lib.config import ConfigError, load_config
+from byol_lib.export import add_convert_arguments, add_extract_arguments, run_convert, run_extract
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,11 +92,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     pre = commands.add_parser("pretrain", help="BYOL pretraining (one process, or several with --nproc_per_node)")
     add_config_arguments(pre)
     add_launch_arguments(pre)
+    ext = commands.add_parser("extract", help="extract the online encoder (PASSL's tools/extract_weight.py)")
+    add_extract_arguments(ext)
+    conv = commands.add_parser("convert", help="rename a ResNet backbone to PaddleClas names (passl2ppclas)")
+    add_convert_arguments(conv)
     args = parser.parse_args(argv)
-    if args.command == "pretrain":
-        launching = args.nproc_per_node or args.devices or args.nnodes > 1
-        return launch_pretrain_from_args(args) if launching else run_pretrain(args)
-    return 2  # pragma: no cover - argparse enforces the choices
+    if args.command == "extract":
+        return run_extract(args)
+    if args.command == "convert":
+        return run_convert(args)
+    launching = args.nproc_per_node or args.devices or args.nnodes > 1
+    return launch_pretrain_from_args(args) if launching else run_pretrain(args)
 
 
 if __name__ == "__main__":

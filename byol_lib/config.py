@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from byol_lib.data.augment import AUGMENT_DEFAULTS, validate_augment
+from byol_lib.data.passl_transforms import TransformListError, augmentation_from_passl
 
 Config = dict[str, Any]
 
@@ -72,6 +73,7 @@ PRETRAIN_DEFAULTS: Config = {
         "use_synch_bn": True,
         "sync_predictor_bn": True,
         "num_classes": None,
+        "embedding_dim": None,
     },
     "dataloader": {"train": _dataset_defaults("data/ILSVRC2012/train", 2, 128, True)},
     "augmentation": AUGMENT_DEFAULTS,
@@ -159,6 +161,10 @@ def _dataset_rules(split: str) -> tuple[dict[str, tuple[Any, ...]], tuple[_Check
     return choices, checks
 
 
+_HOOKS_CHECK: _Check = (
+    "custom_config", lambda v: all(isinstance(h, dict) and h.get("name") in ("BYOLHook", "EvaluateHook") for h in v),
+    "may only list PASSL's BYOLHook / EvaluateHook (the EMA update and the evaluation always run here)")
+
 _MODEL_CHOICES = {"model.backbone.name": ("ResNet",), "model.backbone.depth": (18, 34, 50),
                   "model.backbone.stem": ("imagenet", "cifar"), "model.backbone.with_pool": (True,),
                   "model.backbone.num_classes": (0,), "device": ("auto", "cpu", "gpu")}
@@ -180,7 +186,8 @@ PRETRAIN = Schema(
     kind="pretrain",
     defaults=PRETRAIN_DEFAULTS,
     none_types={"global_batch_size": int, "total_images": int, "model.neck.in_channels": int,
-                "model.predictor.in_channels": int, "model.num_classes": int, "lr_scheduler.learning_rate": float,
+                "model.predictor.in_channels": int, "model.num_classes": int, "model.embedding_dim": int,
+                "lr_scheduler.learning_rate": float,
                 "lr_scheduler.end_lr": float, "lr_scheduler.warmup_steps": int, "lr_scheduler.T_max": int},
     choices={**_MODEL_CHOICES, **_dataset_rules("train")[0],
              "model.name": ("BYOL",), "model.neck.name": ("NonLinearNeckV2",),
@@ -200,6 +207,7 @@ PRETRAIN = Schema(
         ("model.target_decay_rate", lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
         ("optimizer.momentum", lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
         *_dataset_rules("train")[1],
+        _HOOKS_CHECK,
     ),
 )
 
@@ -226,6 +234,7 @@ LINEAR = Schema(
         ("linear_eval.knn_k", lambda v: all(isinstance(x, int) and x > 0 for x in v), "must be positive integers"),
         ("optimizer.momentum", lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
         *_dataset_rules("train")[1], *_dataset_rules("val")[1],
+        _HOOKS_CHECK,
     ),
     splits=("train", "val"),
 )
@@ -418,11 +427,32 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = (), schema: 
     overrides = list(overrides)
     source = str(path) if path else f"{schema.kind} defaults"
     _merge(cfg, data, schema.defaults, source)
+    _translate_passl_transforms(cfg, schema, source)
     for text in overrides:
         key, value = parse_override(text)
+        if key.rsplit(".", 1)[-1] in _PASSL_LISTS:
+            raise ConfigError(f"override '-o {text}': set augmentation.* keys instead of PASSL transform lists")
         _merge(cfg, _nest(key, value), schema.defaults, f"override '-o {text}'")
     validate(cfg, schema, source + (" with overrides" if overrides else ""))
     return cfg
+
+
+_PASSL_LISTS = ("transforms", "view_trans1", "view_trans2")
+
+
+def _translate_passl_transforms(cfg: Config, schema: Schema, source: str) -> None:
+    """PASSL transform lists in the file become ``augmentation`` settings (the training split's lists)."""
+    dataset = cfg["dataloader"]["train"]["dataset"]
+    lists = {key: dataset[key] for key in _PASSL_LISTS}
+    if not any(lists.values()):
+        return
+    for key, value in lists.items():
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: key 'dataloader.train.dataset.{key}' must be a list, got {value!r}")
+    try:
+        cfg["augmentation"] = augmentation_from_passl(cfg["augmentation"], lists, "dataloader.train.dataset")
+    except TransformListError as err:
+        raise ConfigError(f"{source}: {err}") from err
 
 
 def config_kind(cfg: Config) -> str:
@@ -486,6 +516,7 @@ def resolve(cfg: Config, world_size: int, num_images: int, num_classes: int) -> 
     in_channels = backbone_channels(cfg)
     neck, predictor = cfg["model"]["neck"], cfg["model"]["predictor"]
     for key, given, expected in (
+        ("model.embedding_dim", cfg["model"]["embedding_dim"], in_channels),
         ("model.neck.in_channels", neck["in_channels"], in_channels),
         ("model.predictor.in_channels", predictor["in_channels"], neck["out_channels"]),
     ):

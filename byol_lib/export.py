@@ -180,8 +180,12 @@ def to_paddleclas(state: Mapping[str, np.ndarray], arch: str, width: int = 64) -
     known = set(expected) | set(FC_KEYS)
     unexpected = [key for key in state if key not in known]
     if missing or unexpected:
-        raise ExportError(f"not a {arch} backbone (paddle.vision names): missing {_listing(missing)}, "
-                          f"unexpected {_listing(unexpected)}")
+        found = [f"{label} {_listing(keys)}" for label, keys in (("missing", missing), ("unexpected", unexpected))
+                 if keys]
+        names = set(state) - set(FC_KEYS)
+        fits = [other for other in ARCHS if names == {source for source, _, _ in backbone_layout(other)}]
+        hint = f"; the keys fit {fits[0]} (--type {fits[0]})" if fits else ""
+        raise ExportError(f"not a {arch} backbone (paddle.vision names): {', '.join(found)}{hint}")
     wrong = [f"{source} {list(state[source].shape)} (expected {list(shape)})"
              for source, _, shape in layout if tuple(state[source].shape) != shape]
     if has_fc:

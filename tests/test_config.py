@@ -84,3 +84,38 @@ def test_inconsistent_schedule_keys_are_rejected() -> None:
     cfg = load_config(R50, SYNTH)
     with pytest.raises(ConfigError, match="not divisible"):
         resolve(cfg, 3, 1281167, 1000)
+
+
+PASSL_R50 = ROOT / "tests" / "fixtures" / "passl" / "byol_r50_IM.yaml"
+
+
+def test_passl_pretrain_config_loads_with_its_own_values() -> None:
+    cfg = load_config(PASSL_R50, SYNTH)
+    d = resolve(cfg, 32, 1281167, 1000)["derived"]
+    assert (d["total_steps"], d["warmup_steps"], d["peak_lr"]) == (93835, 3127, 4.8)
+    assert cfg["lr_scheduler"]["start_lr"] == 1e-4 and cfg["model"]["align_init_network"] is False  # D9, D7 kept
+    aug = cfg["augmentation"]
+    for view in ("view1", "view2"):  # PASSL's lists translated: jitter 0.8 (0.4/0.4/0.2/0.1), gray 0.2, flip 0.5
+        v = aug[view]
+        jitter = (v["color_jitter"], v["brightness"], v["contrast"], v["saturation"], v["hue"])
+        assert jitter == (0.8, 0.4, 0.4, 0.2, 0.1)
+        assert (v["grayscale"], v["flip"]) == (0.2, 0.5)
+    assert aug["image_size"] == 224 and aug["crop"]["area"] == [0.08, 1.0]
+
+
+def test_passl_transform_list_with_unknown_op_is_named(tmp_path) -> None:
+    text = PASSL_R50.read_text().replace("name: ByolRandomGrayscale", "name: RandomErasing", 1)
+    path = tmp_path / "passl.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"view_trans1\[2\].*'RandomErasing' is not supported"):
+        load_config(path, SYNTH)
+
+
+def test_passl_shared_list_sets_both_views(tmp_path) -> None:
+    path = tmp_path / "shared.yaml"
+    path.write_text("dataloader:\n  train:\n    dataset:\n      name: Synthetic\n      transforms:\n"
+                    "        - {name: RandomApply, p: 0.5, transforms: [{name: GaussianBlur, sigma: [0.1, 2.0]}]}\n"
+                    "        - {name: Normalize, mean: [123.675, 116.28, 103.53], std: [58.395, 57.12, 57.375]}\n")
+    aug = load_config(path)["augmentation"]
+    assert aug["view1"]["blur"] == aug["view2"]["blur"] == 0.5
+    assert aug["mean"] == pytest.approx([0.485, 0.456, 0.406]) and aug["std"] == pytest.approx([0.229, 0.224, 0.225])

@@ -245,7 +245,8 @@ def test_tool_rejects_architecture_mismatch(tmp_path: Path) -> None:
                     "--output", str(out), "--width", "8")
     assert done.returncode == 2
     line = error_line(done.stderr)
-    assert str(ckpt) in line and "missing" in line and "layer1.0.conv3.weight" in line
+    assert str(ckpt) in line and "missing 165 [layer1.0.conv3.weight" in line and "unexpected" not in line
+    assert "the keys fit res18 (--type res18)" in line
     assert not out.parent.exists()
 
 
@@ -289,9 +290,10 @@ def test_extract_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], r50:
 @pytest.mark.parametrize(("arch", "width", "output", "drop", "needles"), [
     ("res50", 64, "w.pdparams", None, ["shapes do not fit res50 with width 64", "conv1.weight [8, 3, 7, 7]",
                                        "--width 8"]),
-    ("res34", 8, "w.pdparams", None, ["not a res34 backbone", "unexpected", "layer1.0.conv3.weight"]),
+    ("res34", 8, "w.pdparams", None, ["not a res34 backbone (paddle.vision names): unexpected 85 [",
+                                      "[layer1.0.conv3.weight,", "the keys fit res50 (--type res50)"]),
     ("res50", 8, "w.pd", None, ["must end in .pdparams"]),
-    ("res50", 8, "w.pdparams", "layer4.2.bn3._variance", ["missing 1 [layer4.2.bn3._variance], unexpected 0 []"]),
+    ("res50", 8, "w.pdparams", "layer4.2.bn3._variance", ["missing 1 [layer4.2.bn3._variance]"]),
 ])
 def test_convert_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], r50: dict[str, np.ndarray], arch: str,
                         width: int, output: str, drop: str | None, needles: list[str]) -> None:

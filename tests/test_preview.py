@@ -120,7 +120,8 @@ def test_plot_view_pairs_figure_and_png(photo: np.ndarray, tmp_path: Path) -> No
 
 def test_import_chooses_no_matplotlib_backend() -> None:
     code = ("import sys, byol_lib.data.preview\n"
-            "print([m for m in sys.modules if m == 'matplotlib.pyplot' or m.startswith('matplotlib.backends.backend_')])")
+            "print([m for m in sys.modules\n"
+            "       if m == 'matplotlib.pyplot' or m.startswith('matplotlib.backends.backend_')])")
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=120, check=True)
