@@ -52,7 +52,7 @@ def view_pairs(image: np.ndarray, aug: Mapping[str, Any], n: int = 4,
     for v in range(len(VIEWS)):
         x = paddle.to_tensor(np.stack([pair[v][0] for pair in drawn]))
         params = paddle.to_tensor(np.stack([pair[v][1] for pair in drawn]))
-        views.append(device_augment(x, params, display).numpy().transpose(0, 2, 3, 1))
+        views.append(np.ascontiguousarray(device_augment(x, params, display).numpy().transpose(0, 2, 3, 1)))
     return [(first, second) for first, second in zip(*views, strict=True)]
 
 
