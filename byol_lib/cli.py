@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from byol_lib.config import ConfigError, load_config
+from byol_lib.config import ConfigError, config_kind, load_config
 from byol_lib.export import add_convert_arguments, add_extract_arguments, run_convert, run_extract
 
 
@@ -20,6 +20,12 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cuda", action="store_true", help="PASSL's flag: same as --device cpu")
     parser.add_argument("--resume", type=Path, default=None,
                         help="checkpoint to resume from (default: resume the latest unfinished run of this config)")
+    parser.add_argument("--pretrained", default=None,
+                        help="classification configs: backbone weights (checkpoint, PASSL checkpoint, extracted "
+                             "file, or 'random' for the random-init baseline)")
+    parser.add_argument("--load", type=Path, default=None,
+                        help="classification configs: a saved classifier (backbone + head)")
+    parser.add_argument("--evaluate-only", action="store_true", help="with --load: evaluate on the val split")
 
 
 def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,30 +65,42 @@ def launch_pretrain_from_args(args: argparse.Namespace) -> int:
     return result.returncode
 
 
-def run_pretrain(args: argparse.Namespace) -> int:
+def run_config(args: argparse.Namespace) -> int:
+    """Pretraining for a BYOL config, linear evaluation for a classification config."""
+    from byol_lib.data.datasets import DatasetError
     from byol_lib.distributed import DeviceError
+    from byol_lib.linear import run_linear_eval
     from byol_lib.train import NonFiniteLossError, pretrain
 
     try:
         cfg = load_from_args(args)
+        if config_kind(cfg) == "linear":
+            if args.resume is not None:
+                raise ConfigError("--resume is for pretraining configs; linear evaluation restarts from its weights")
+            run_linear_eval(cfg, pretrained=args.pretrained, load=args.load, evaluate_only=args.evaluate_only)
+            return 0
+        if args.pretrained or args.load or args.evaluate_only:
+            raise ConfigError(f"{args.config_file} is a pretraining config: --pretrained, --load and --evaluate-only "
+                              "are for classification configs such as configs/byol/byol_clas_r50.yaml")
         if args.resume is not None and not args.resume.is_file():
             raise ConfigError(f"--resume {args.resume}: no such checkpoint file")
         pretrain(cfg, resume=args.resume)
-    except (ConfigError, DeviceError, NonFiniteLossError) as err:
+    except (ConfigError, DatasetError, DeviceError, NonFiniteLossError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
 
 
 def train_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tools/train.py", description="BYOL pretraining (PASSL-compatible flags)")
+    parser = argparse.ArgumentParser(prog="tools/train.py",
+                                     description="BYOL pretraining or linear evaluation (PASSL-compatible flags)")
     add_config_arguments(parser)
     return parser
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tools/train.py``."""
-    return run_pretrain(train_parser().parse_args(argv))
+    return run_config(train_parser().parse_args(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "convert":
         return run_convert(args)
     launching = args.nproc_per_node or args.devices or args.nnodes > 1
-    return launch_pretrain_from_args(args) if launching else run_pretrain(args)
+    return launch_pretrain_from_args(args) if launching else run_config(args)
 
 
 if __name__ == "__main__":

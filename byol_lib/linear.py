@@ -1,0 +1,194 @@
+"""The linear-evaluation run: a classification config -> frozen backbone -> ``evaluate`` -> a run folder.
+
+``tools/train.py -c configs/byol/byol_clas_r50.yaml --pretrained W`` trains the linear head on a frozen
+backbone and saves ``classifier.pdparams`` (backbone + head, like PASSL's ``byol_r50_clas.pdparams``);
+``--load CLS_W --evaluate-only`` evaluates such a file on the validation split.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paddle
+
+from byol_lib import distributed, results
+from byol_lib.config import Config, ConfigError
+from byol_lib.data.datasets import build_dataset
+from byol_lib.evaluate import LinearEvalSettings, compute_features, evaluate_head, knn_eval, linear_eval
+from byol_lib.export import ExportError, extract_online_encoder, load_any_checkpoint, save_weights
+from byol_lib.model import ResNet
+
+KIND = "linear"
+IMAGENET_TRAIN, IMAGENET_HOLDOUT = 1281167, 10009
+RANDOM_INIT = "random"
+
+
+def build_backbone(cfg: Config) -> ResNet:
+    backbone = cfg["model"]["backbone"]
+    return ResNet(backbone["depth"], backbone["stem"], backbone["width"], backbone["zero_init_residual"])
+
+
+def _load_strict(backbone: ResNet, state: Mapping[str, np.ndarray], source: str) -> None:
+    own = backbone.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if list(own[k].shape) != list(np.shape(state[k])))
+    if missing or unexpected or wrong:
+        raise ConfigError(
+            f"{source} does not fit the backbone in the config ({len(own)} tensors): missing {missing[:6]}, "
+            f"unexpected {unexpected[:6]}, wrong shape {wrong[:6]}; check model.backbone.depth/stem/width")
+    backbone.set_state_dict({k: np.asarray(v) for k, v in state.items()})
+
+
+def load_pretrained(backbone: ResNet, path: str) -> None:
+    """Backbone weights from one of our checkpoints, a PASSL checkpoint or an extracted file (all keys must fit)."""
+    try:
+        state = extract_online_encoder(load_any_checkpoint(Path(path)))
+    except ExportError as err:
+        raise ConfigError(f"--pretrained {path}: {err}") from err
+    _load_strict(backbone, state, f"--pretrained {path}")
+
+
+def load_classifier(backbone: ResNet, path: Path) -> dict[str, np.ndarray]:
+    """A saved classifier (``backbone.*`` + ``head.fc.*``, ours or PASSL's): loads the backbone, returns the head."""
+    try:
+        state = load_any_checkpoint(path)
+    except ExportError as err:
+        raise ConfigError(f"--load {path}: {err}") from err
+    head = {k.rsplit(".", 1)[-1]: np.asarray(v) for k, v in state.items() if k.startswith(("head.fc.", "head."))}
+    if set(head) != {"weight", "bias"}:
+        raise ConfigError(f"--load {path}: no linear head (head.fc.weight / head.fc.bias) in the file")
+    body = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    _load_strict(backbone, body, f"--load {path}")
+    return head
+
+
+def save_classifier(path: Path, backbone: ResNet, head: Mapping[str, np.ndarray]) -> None:
+    state = {f"backbone.{k}": v.numpy() for k, v in backbone.state_dict().items()}
+    state.update({f"head.fc.{k}": np.asarray(v) for k, v in head.items()})
+    save_weights(state, path, (".pdparams",))
+
+
+def holdout_size(cfg: Config, num_train: int, num_classes: int) -> int:
+    """The paper's 10,009 of 1,281,167 images, proportionally on smaller sets (at least 20 per class, at most 1/5)."""
+    requested = cfg["linear_eval"]["holdout"]
+    if num_train >= IMAGENET_TRAIN:
+        return requested
+    proportional = round(requested * num_train / IMAGENET_TRAIN)
+    return min(max(proportional, 20 * num_classes), num_train // 5)
+
+
+def settings_from(cfg: Config, world_size: int, num_train: int, num_classes: int) -> LinearEvalSettings:
+    per_device = cfg["dataloader"]["train"]["sampler"]["batch_size"]
+    batch = cfg["global_batch_size"] or per_device * world_size
+    sched, evaluation = cfg["lr_scheduler"], cfg["linear_eval"]
+    grid = [sched["learning_rate"]] if sched["learning_rate"] is not None else list(sched["lr_grid"])
+    return LinearEvalSettings(
+        protocol=evaluation["protocol"], epochs=cfg["epochs"], batch_size=batch, lr_grid=tuple(grid),
+        scale_lr_by_batch=sched["scale_lr_by_batch"] and sched["learning_rate"] is None,
+        momentum=cfg["optimizer"]["momentum"], nesterov=cfg["optimizer"]["use_nesterov"],
+        weight_decay=cfg["optimizer"]["weight_decay"], augment=evaluation["augment"],
+        holdout=holdout_size(cfg, num_train, num_classes) if evaluation["protocol"] == "paper" else 0,
+        head_init=evaluation["head_init"], seed=cfg["seed"], num_workers=cfg["dataloader"]["train"]["num_workers"])
+
+
+def _knn(backbone: ResNet, train: Any, test: Any, cfg: Config, batch: int) -> dict[str, float]:
+    aug, evaluation = cfg["augmentation"], cfg["linear_eval"]
+    train_x, train_y = compute_features(backbone, train, aug, batch_size=batch)
+    test_x, test_y = compute_features(backbone, test, aug, batch_size=batch)
+    ks = [k for k in evaluation["knn_k"] if k <= len(train_y)]
+    accuracy = knn_eval(train_x, train_y, test_x, test_y, ks=ks, temperature=evaluation["knn_temperature"],
+                        num_classes=len(train.classes))
+    return {f"knn_top1_k{k}": v for k, v in accuracy.items()}
+
+
+def _evaluate(backbone: ResNet, train: Any, test: Any, cfg: Config, settings: LinearEvalSettings,
+              log: Any) -> dict[str, Any]:
+    result = linear_eval(backbone, train, test, cfg["augmentation"], settings, log=log)
+    return {"result": result, **_knn(backbone, train, test, cfg, settings.batch_size)}
+
+
+def _random_init_baseline(cfg: Config, train: Any, test: Any, settings: LinearEvalSettings) -> dict[str, Any]:
+    """The same evaluation on an untrained backbone: what pretraining bought."""
+    paddle.seed(cfg["seed"] + 1)
+    outcome = _evaluate(build_backbone(cfg), train, test, cfg, settings, log=None)
+    result = outcome.pop("result")
+    return {"top1": result.test_top1, "top5": result.test_top5, "chosen_lr": result.chosen_lr, **outcome}
+
+
+def run_linear_eval(cfg: Config, pretrained: str | None = None, load: Path | None = None,
+                    evaluate_only: bool = False, verbose: bool = True) -> Path:
+    """Linear evaluation (or evaluation of a saved classifier) for a validated classification config."""
+    ctx = distributed.init(cfg["device"])
+    pretrained = pretrained or cfg["model"]["backbone"]["pretrained"] or None
+    if evaluate_only and load is None:
+        raise ConfigError("--evaluate-only needs --load CLASSIFIER_WEIGHTS (a saved classifier.pdparams)")
+    if load is None and pretrained is None:
+        raise ConfigError("no backbone weights: pass --pretrained WEIGHTS (a checkpoint or an extracted file), "
+                          f"or --pretrained {RANDOM_INIT} for the random-initialisation baseline")
+    train = build_dataset(cfg["dataloader"]["train"]["dataset"], "train")
+    test = build_dataset(cfg["dataloader"]["val"]["dataset"], "val")
+    paddle.seed(cfg["seed"])
+    backbone = build_backbone(cfg)
+    head = None
+    if load is not None:
+        head = load_classifier(backbone, load)
+    elif pretrained != RANDOM_INIT:
+        load_pretrained(backbone, pretrained)
+    settings = settings_from(cfg, ctx.world_size, len(train), len(train.classes))
+    cfg = {**cfg, "derived": {"world_size": ctx.world_size, "batch_size": settings.batch_size,
+                              "holdout": settings.holdout, "num_train": len(train), "num_test": len(test),
+                              "classes": list(train.classes), "pretrained": str(load or pretrained)}}
+    digest = results.config_hash(cfg)
+    kind = "evaluate" if evaluate_only else KIND
+    run_dir = Path(distributed.broadcast_object(
+        str(results.new_run_dir(Path(cfg["output_dir"]), kind, digest)) if ctx.is_main else None, ctx))
+    summary: dict[str, Any] = {"run_id": run_dir.name, "kind": kind, "status": "running", "config_hash": digest,
+                               "world_size": ctx.world_size, "device": ctx.device,
+                               "pretrained": str(load or pretrained),
+                               "dataset": cfg["dataloader"]["train"]["dataset"]["name"],
+                               "backbone": f"resnet{cfg['model']['backbone']['depth']}", "seed": cfg["seed"],
+                               **results.environment()}
+    start = time.perf_counter()
+    if ctx.is_main:
+        results.write_config(run_dir, cfg)
+        results.write_json_atomic(run_dir / "summary.json", summary)
+    metrics = results.MetricsLog(run_dir / "metrics.jsonl", 0) if ctx.is_main else None
+
+    def log(row: dict[str, Any]) -> None:
+        if metrics is not None:
+            metrics.append(row)
+        if verbose and ctx.is_main:
+            print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
+
+    try:
+        if evaluate_only:
+            assert head is not None
+            scores = evaluate_head(backbone, head, test, cfg["augmentation"], batch_size=settings.batch_size)
+            figures: dict[str, Any] = {"top1": scores["top1"], "top5": scores["top5"]}
+        else:
+            outcome = _evaluate(backbone, train, test, cfg, settings, log)
+            result = outcome.pop("result")
+            figures = {"protocol": result.protocol, "top1": result.test_top1, "top5": result.test_top5,
+                       "chosen_lr": result.chosen_lr,
+                       "holdout_top1": {str(k): v for k, v in result.holdout_top1.items()},
+                       "batch_size": settings.batch_size, "epochs": settings.epochs, **outcome}
+            if ctx.is_main:
+                save_classifier(run_dir / "classifier.pdparams", backbone, result.head)
+            if cfg["linear_eval"]["random_init_baseline"] and pretrained != RANDOM_INIT:
+                figures["random_init"] = _random_init_baseline(cfg, train, test, settings)
+    except BaseException as err:
+        if ctx.is_main:
+            results.write_json_atomic(run_dir / "summary.json",
+                                      {**summary, "status": "failed", "error": f"{type(err).__name__}: {err}"})
+        raise
+    if ctx.is_main:
+        results.write_json_atomic(run_dir / "summary.json", {
+            **summary, "status": "finished", "evaluation": "offline linear", **figures,
+            "wall_time_s": time.perf_counter() - start})
+        if verbose:
+            print(f"top-1 {figures['top1']:.4f}  top-5 {figures['top5']:.4f}  ->  {run_dir}", flush=True)
+    return run_dir
