@@ -1,0 +1,440 @@
+"""Frozen-backbone evaluation: linear evaluation (paper and PASSL protocols) and weighted kNN (reference §6, D18).
+
+Linear evaluation trains a linear head on the representation of a frozen backbone: no gradient reaches the
+backbone and its BN layers run in inference mode with their stored statistics, so its parameters and BN
+statistics are bit-identical before and after. The head is trained by momentum SGD (Nesterov by default) on the
+softmax cross-entropy, with a cosine learning rate decaying to 0 over all steps and no warm-up.
+
+* ``protocol="paper"`` (paper App. C.1): every lr of the grid trains its own head on the train split minus
+  ``holdout`` held-out images (a seeded split); the lr whose head scores best on the held-out images is chosen
+  and that head is evaluated on the test split once, without retraining. ``holdout=0`` with a one-value grid is
+  the JAX eval code's simplified protocol (one lr, whole train split, test once).
+* ``protocol="passl"`` (PASSL ``byol_clas_r50.yaml``, D18): one lr (``lr_grid[0]``), the whole train split, the
+  test split evaluated after every epoch; the last epoch is reported and the best epoch recorded, which shows
+  what selecting on the test split would add.
+
+All heads of a grid train in lockstep on the same batches (one backbone forward per batch serves every lr), which
+equals separate runs with the same data order and the same initial head. With ``augment=False`` the features are
+computed once and cached in host memory; with ``augment=True`` each epoch recomputes the train features on that
+epoch's random crops and flips. Held-out and test images always use the centre-crop evaluation transform.
+
+Batches: each epoch visits the training images in a seeded permutation, in batches of ``batch_size`` with the last
+one smaller (no image dropped); the loss is the mean over the batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+from paddle.io import DataLoader, Dataset
+
+from byol_lib.data.augment import eval_transform, linear_train_transform, normalize
+from byol_lib.data.datasets import ImageDataset
+from byol_lib.data.loader import epoch_permutation
+from byol_lib.optim import lr_at
+
+PROTOCOLS = ("paper", "passl")
+HEAD_INITS = ("jax", "passl")
+PASSL_HEAD_STD = 0.01
+HOLDOUT_STREAM = 0x401D  # seeds the held-out split, apart from the data order and augmentation streams
+HEAD_INIT_STREAM = 0x4EAD
+TOP_K = 5
+EVAL_CHUNK = 4096  # features per head forward when scoring
+
+
+@dataclass
+class LinearEvalSettings:
+    """Linear-evaluation hyper-parameters; defaults are the paper's (App. C.1)."""
+
+    protocol: str = "paper"
+    epochs: int = 80
+    batch_size: int = 1024
+    lr_grid: tuple[float, ...] = (0.4, 0.3, 0.2, 0.1, 0.05)  # base values, x batch/256 when scale_lr_by_batch
+    scale_lr_by_batch: bool = True  # the JAX eval code scales its base lr by batch/256 (reference open question 5)
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 0.0
+    augment: bool = True  # random crop + flip for training; False: features computed once and cached
+    holdout: int = 10009  # train images held out to choose the lr (paper only)
+    head_init: str = "jax"  # "jax": truncated normal std 1/sqrt(fan_in); "passl": N(0, 0.01); zero bias
+    seed: int = 0
+    num_workers: int = 0
+
+    @classmethod
+    def passl(cls, **changes: Any) -> LinearEvalSettings:
+        """PASSL's ``byol_clas_r50.yaml``: 100 epochs, lr 0.4 x 1024/256 = 1.6, test every epoch, head N(0, 0.01)."""
+        base = {"protocol": "passl", "epochs": 100, "lr_grid": (0.4,), "holdout": 0, "head_init": "passl"}
+        return cls(**{**base, **changes})
+
+    def peak_lrs(self) -> tuple[float, ...]:
+        """The learning rates actually used: the grid (PASSL: its first value), x batch/256 if scaled."""
+        grid = self.lr_grid if self.protocol == "paper" else self.lr_grid[:1]
+        scale = self.batch_size / 256.0 if self.scale_lr_by_batch else 1.0
+        return tuple(lr * scale for lr in grid)
+
+    def validate(self, num_train: int) -> None:
+        """Raise ``ValueError`` naming the setting when it cannot work with ``num_train`` train images."""
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"linear eval 'protocol' = {self.protocol!r} must be one of {list(PROTOCOLS)}")
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"linear eval 'head_init' = {self.head_init!r} must be one of {list(HEAD_INITS)}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"linear eval needs 'epochs' >= 1 and 'batch_size' >= 1, got {self.epochs}, "
+                             f"{self.batch_size}")
+        grid = list(self.lr_grid)
+        if not grid or min(grid) <= 0 or len(set(grid)) != len(grid):
+            raise ValueError(f"linear eval 'lr_grid' = {grid} must be distinct values > 0")
+        if not 0.0 <= self.momentum < 1.0 or self.weight_decay < 0:
+            raise ValueError(f"linear eval needs 0 <= 'momentum' < 1 and 'weight_decay' >= 0, got {self.momentum}, "
+                             f"{self.weight_decay}")
+        if self.protocol == "paper":
+            if not 0 <= self.holdout < num_train:
+                raise ValueError(f"linear eval 'holdout' = {self.holdout} must be in [0, {num_train}) "
+                                 f"(the train split has {num_train} images)")
+            if self.holdout == 0 and len(grid) > 1:
+                raise ValueError(f"linear eval 'holdout' = 0 cannot choose among 'lr_grid' = {grid}: "
+                                 "hold images out or give a single lr")
+
+
+@dataclass
+class LinearEvalResult:
+    """What a linear evaluation found; learning rates are the scaled (actually used) values."""
+
+    protocol: str
+    chosen_lr: float
+    holdout_top1: dict[float, float]  # per lr, after the last epoch (paper); empty for passl
+    test_top1: float  # the chosen head (paper) / the last epoch (passl)
+    test_top5: float
+    history: list[dict[str, Any]]  # per epoch: epoch, seconds, lr, train_loss, holdout_top1 | test_top1, test_top5
+    head: dict[str, np.ndarray]  # {"weight": [C_in, C_out], "bias": [C_out]} of the reported head
+    seconds: float
+    best_epoch: int | None = None  # passl: the epoch with the best test top-1 (selection on the test split)
+    best_test_top1: float | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- features
+
+
+class _TransformedImages(Dataset):
+    """``(epoch, index) -> (float32 [3, S, S] in [0, 1], label)``: centre crop, or the seeded train view."""
+
+    def __init__(self, images: ImageDataset, aug: Mapping[str, Any], train_transform: bool, seed: int) -> None:
+        super().__init__()
+        self.images, self.aug, self.train_transform, self.seed = images, dict(aug), train_transform, seed
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        epoch, index = key
+        image = self.images.image(index)
+        if self.train_transform:
+            x = linear_train_transform(image, self.aug, np.random.default_rng([self.seed, epoch, index]))
+        else:
+            x = eval_transform(image, self.aug)
+        return x, np.asarray(self.images.label(index), dtype="int64")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@contextlib.contextmanager
+def frozen(backbone: paddle.nn.Layer) -> Iterator[None]:
+    """Run ``backbone`` in inference mode (BN with stored statistics); restore every sublayer's mode afterwards."""
+    modes = [(layer, layer.training) for layer in backbone.sublayers(include_self=True)]
+    for layer, _ in modes:  # Layer.eval() would also flip Paddle's global tracer flag, which is not restored
+        layer.training = False
+    try:
+        yield
+    finally:
+        for layer, training in modes:
+            layer.training = training
+
+
+def _feature_batches(backbone: paddle.nn.Layer, images: ImageDataset, aug: Mapping[str, Any], order: np.ndarray,
+                     batch_size: int, train_transform: bool, seed: int, epoch: int,
+                     num_workers: int) -> Iterator[tuple[paddle.Tensor, paddle.Tensor]]:
+    """Backbone features and labels of ``images[order]`` batch by batch (the caller freezes the backbone)."""
+    keys = [(epoch, int(i)) for i in order]
+    batches = [keys[s:s + batch_size] for s in range(0, len(keys), batch_size)]
+    dataset = _TransformedImages(images, aug, train_transform, seed)
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, use_shared_memory=num_workers > 0)
+    for x, labels in loader:
+        with paddle.no_grad():  # not around the yield: the consumer may need gradients
+            y = backbone(normalize(x, aug))
+        yield y, labels
+
+
+def compute_features(backbone: paddle.nn.Layer, images: ImageDataset, aug: Mapping[str, Any], *, batch_size: int,
+                     train_transform: bool = False, seed: int = 0, epoch: int = 0, indices: np.ndarray | None = None,
+                     num_workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Frozen-backbone features ``[N, D]`` float32 and labels ``[N]`` int64 of ``images[indices]`` (all by default).
+
+    Images get the centre-crop ``eval_transform`` or, with ``train_transform``, ``linear_train_transform`` drawn
+    from a generator seeded by ``(seed, epoch, image index)``; then ``augment.normalize``.
+    """
+    order = np.arange(len(images)) if indices is None else np.asarray(indices, dtype=np.int64)
+    features, labels = [], []
+    with frozen(backbone):
+        for y, label in _feature_batches(backbone, images, aug, order, batch_size, train_transform, seed, epoch,
+                                         num_workers):
+            features.append(y.numpy().astype(np.float32, copy=False))
+            labels.append(label.numpy().astype(np.int64, copy=False).reshape(-1))
+    if not features:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+    return np.concatenate(features), np.concatenate(labels)
+
+
+# ----------------------------------------------------------------------------- heads
+
+
+def init_head_weight(in_features: int, num_classes: int, method: str, seed: int) -> np.ndarray:
+    """Initial head weight ``[in, out]`` float32 from a numpy generator seeded by ``seed``.
+
+    ``"jax"`` (Haiku's ``Linear``): normal with std ``1/sqrt(in)`` truncated at 2 std (redrawn outside);
+    ``"passl"`` (PASSL ``ClasHead``): normal with std 0.01.
+    """
+    rng = np.random.default_rng([seed, HEAD_INIT_STREAM])
+    if method == "passl":
+        return (rng.standard_normal((in_features, num_classes)) * PASSL_HEAD_STD).astype(np.float32)
+    if method != "jax":
+        raise ValueError(f"head init {method!r} must be one of {list(HEAD_INITS)}")
+    z = rng.standard_normal((in_features, num_classes))
+    outside = np.abs(z) > 2.0
+    while outside.any():
+        z[outside] = rng.standard_normal(int(outside.sum()))
+        outside = np.abs(z) > 2.0
+    return (z / math.sqrt(in_features)).astype(np.float32)
+
+
+class LinearHeads:
+    """``G`` linear heads on the same features, one peak lr each, trained in lockstep by momentum SGD.
+
+    Weights are stacked ``[G, D, C]`` (biases ``[G, C]``) so one batched matmul scores every head. The update is
+    implemented here, in Paddle, because each head needs its own lr inside one stacked tensor (Paddle's
+    ``Momentum`` has one lr per parameter); it follows ``paddle.optimizer.Momentum`` exactly::
+
+        g = grad + weight_decay * p;  v = momentum * v + g
+        p = p - lr * (g + momentum * v)        (Nesterov)   or   p = p - lr * v
+    """
+
+    def __init__(self, weight: np.ndarray, lrs: Sequence[float], *, bias: np.ndarray | None = None,
+                 momentum: float = 0.9, nesterov: bool = True, weight_decay: float = 0.0) -> None:
+        g, (d, c) = len(lrs), weight.shape
+        bias = np.zeros(c, np.float32) if bias is None else bias
+        self.weight = paddle.to_tensor(np.broadcast_to(weight, (g, d, c)).astype(np.float32), stop_gradient=False)
+        self.bias = paddle.to_tensor(np.broadcast_to(bias, (g, c)).astype(np.float32), stop_gradient=False)
+        self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
+        self._velocity = [paddle.zeros_like(self.weight), paddle.zeros_like(self.bias)]
+
+    def logits(self, x: paddle.Tensor) -> paddle.Tensor:
+        """``[G, B, C]`` logits of every head for features ``x [B, D]``."""
+        return paddle.matmul(x, self.weight) + self.bias.unsqueeze(1)
+
+    def step(self, x: paddle.Tensor, labels: paddle.Tensor, lrs: Sequence[float]) -> np.ndarray:
+        """One SGD step of every head (head ``i`` with lr ``lrs[i]``) on the batch; returns the ``[G]`` losses."""
+        logits = self.logits(x)
+        g, b, c = logits.shape
+        target = labels.reshape([1, b, 1]).expand([g, b, 1])
+        losses = F.cross_entropy(logits, target, reduction="none").reshape([g, b]).mean(axis=1)
+        losses.sum().backward()
+        lr = paddle.to_tensor(np.asarray(lrs, dtype=np.float32))
+        with paddle.no_grad():
+            for param, velocity, shape in ((self.weight, self._velocity[0], [g, 1, 1]),
+                                           (self.bias, self._velocity[1], [g, 1])):
+                grad = param.grad
+                if self.weight_decay:
+                    grad = grad + self.weight_decay * param
+                velocity.scale_(self.momentum).add_(grad)
+                update = grad + velocity * self.momentum if self.nesterov else velocity
+                param.subtract_(update * lr.reshape(shape))
+                param.clear_gradient(False)
+        return losses.numpy()
+
+    def accuracy(self, features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Top-1 and top-k (k = min(5, classes)) accuracy ``[G]`` of every head on cached features."""
+        g, _, c = self.weight.shape
+        k = min(TOP_K, c)
+        hits1, hitsk = np.zeros(g), np.zeros(g)
+        with paddle.no_grad():
+            for s in range(0, len(features), EVAL_CHUNK):
+                logits = self.logits(paddle.to_tensor(features[s:s + EVAL_CHUNK]))
+                truth = paddle.to_tensor(labels[s:s + EVAL_CHUNK]).reshape([1, -1])
+                hits1 += (logits.argmax(axis=-1) == truth).astype("float32").sum(axis=1).numpy()
+                topk = paddle.topk(logits, k, axis=-1)[1]
+                hitsk += (topk == truth.unsqueeze(-1)).any(axis=-1).astype("float32").sum(axis=1).numpy()
+        n = max(len(features), 1)
+        return hits1 / n, hitsk / n
+
+    def head(self, i: int) -> dict[str, np.ndarray]:
+        """Head ``i`` as ``{"weight": [D, C], "bias": [C]}`` (``paddle.nn.Linear`` layout)."""
+        return {"weight": self.weight[i].numpy(), "bias": self.bias[i].numpy()}
+
+
+def holdout_split(num_images: int, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted indices ``(train part, held-out part)``: ``holdout`` images drawn by a generator seeded by ``seed``."""
+    perm = np.random.default_rng([seed, HOLDOUT_STREAM]).permutation(num_images)
+    return np.sort(perm[holdout:]), np.sort(perm[:holdout])
+
+
+# ----------------------------------------------------------------------------- linear evaluation
+
+
+def linear_eval(backbone: paddle.nn.Layer, train_images: ImageDataset, test_images: ImageDataset,
+                aug: Mapping[str, Any], settings: LinearEvalSettings,
+                log: Callable[[dict[str, Any]], None] | None = None) -> LinearEvalResult:
+    """Linear evaluation of a frozen ``backbone`` (see the module docstring); ``log`` gets each history entry."""
+    start = time.perf_counter()
+    s = settings
+    s.validate(len(train_images))
+    paper = s.protocol == "paper"
+    lrs = s.peak_lrs()
+    if paper:
+        train_idx, holdout_idx = holdout_split(len(train_images), s.holdout, s.seed)
+    else:
+        train_idx, holdout_idx = np.arange(len(train_images)), np.zeros(0, np.int64)
+    total_steps = s.epochs * math.ceil(len(train_idx) / s.batch_size)
+    history: list[dict[str, Any]] = []
+
+    def features_of(images: ImageDataset, indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return compute_features(backbone, images, aug, batch_size=s.batch_size, indices=indices,
+                                num_workers=s.num_workers)
+
+    with frozen(backbone):
+        cached = None if s.augment else features_of(train_images, train_idx)
+        holdout = features_of(train_images, holdout_idx) if len(holdout_idx) else None
+        test = None if paper else features_of(test_images)
+        heads: LinearHeads | None = None  # created at the first batch, when the feature width is known
+        step = 0
+        for epoch in range(s.epochs):
+            epoch_start = time.perf_counter()
+            loss_sum, seen = np.zeros(len(lrs)), 0
+            for x, labels in _train_batches(backbone, train_images, aug, s, train_idx, cached, epoch):
+                if heads is None:
+                    weight = init_head_weight(x.shape[1], len(train_images.classes), s.head_init, s.seed)
+                    heads = LinearHeads(weight, lrs, momentum=s.momentum, nesterov=s.nesterov,
+                                        weight_decay=s.weight_decay)
+                step_lrs = [lr_at(step, peak_lr=lr, warmup_steps=0, total_steps=total_steps) for lr in lrs]
+                loss_sum += heads.step(x, labels, step_lrs) * x.shape[0]
+                seen += x.shape[0]
+                step += 1
+            entry: dict[str, Any] = {"epoch": epoch + 1, "lr": dict(zip(lrs, step_lrs, strict=True)),
+                                     "train_loss": dict(zip(lrs, (loss_sum / seen).tolist(), strict=True))}
+            if holdout is not None:
+                entry["holdout_top1"] = dict(zip(lrs, heads.accuracy(*holdout)[0].tolist(), strict=True))
+            if test is not None:
+                top1, topk = heads.accuracy(*test)
+                entry["test_top1"], entry["test_top5"] = float(top1[0]), float(topk[0])
+            entry["seconds"] = time.perf_counter() - epoch_start
+            history.append(entry)
+            if log is not None:
+                log(entry)
+        holdout_top1 = history[-1].get("holdout_top1", {})
+        chosen = max(range(len(lrs)), key=lambda i: (holdout_top1.get(lrs[i], 0.0), -i))  # tie: earlier in grid
+        if paper:  # the chosen head meets the test split once
+            top1, topk = heads.accuracy(*features_of(test_images))
+            test_top1, test_top5 = float(top1[chosen]), float(topk[chosen])
+            best_epoch = best_top1 = None
+        else:
+            test_top1, test_top5 = history[-1]["test_top1"], history[-1]["test_top5"]
+            best = max(history, key=lambda e: e["test_top1"])  # what selecting on the test split would report
+            best_epoch, best_top1 = best["epoch"], best["test_top1"]
+    return LinearEvalResult(
+        protocol=s.protocol, chosen_lr=lrs[chosen], holdout_top1=holdout_top1, test_top1=test_top1,
+        test_top5=test_top5, history=history, head=heads.head(chosen), seconds=time.perf_counter() - start,
+        best_epoch=best_epoch, best_test_top1=best_top1, settings=dict(vars(s)),
+    )
+
+
+def _train_batches(backbone: paddle.nn.Layer, images: ImageDataset, aug: Mapping[str, Any],
+                   s: LinearEvalSettings, train_idx: np.ndarray, cached: tuple[np.ndarray, np.ndarray] | None,
+                   epoch: int) -> Iterator[tuple[paddle.Tensor, paddle.Tensor]]:
+    """One epoch of ``(features, labels)`` batches: the seeded order of ``train_idx``, ``batch_size`` at a time,
+    from the cached features (aligned with ``train_idx``) or recomputed on this epoch's random crops and flips."""
+    positions = epoch_permutation(len(train_idx), s.seed, epoch)
+    if cached is None:
+        for x, labels in _feature_batches(backbone, images, aug, train_idx[positions], s.batch_size, True, s.seed,
+                                          epoch, s.num_workers):
+            yield x, labels.reshape([-1])
+        return
+    for i in range(0, len(positions), s.batch_size):
+        batch = positions[i:i + s.batch_size]
+        yield paddle.to_tensor(cached[0][batch]), paddle.to_tensor(cached[1][batch])
+
+
+def evaluate_head(backbone: paddle.nn.Layer, head: Mapping[str, np.ndarray], images: ImageDataset,
+                  aug: Mapping[str, Any], *, batch_size: int, num_workers: int = 0) -> dict[str, float]:
+    """Top-1 and top-5 accuracy of a linear ``head`` on the frozen backbone's centre-crop features of ``images``.
+
+    Top-5 is top-``min(5, classes)`` (1.0 with 5 classes or fewer).
+    """
+    features, labels = compute_features(backbone, images, aug, batch_size=batch_size, num_workers=num_workers)
+    heads = LinearHeads(np.asarray(head["weight"], dtype=np.float32), [0.0], bias=np.asarray(head["bias"]))
+    top1, topk = heads.accuracy(features, labels)
+    return {"top1": float(top1[0]), "top5": float(topk[0])}
+
+
+# ----------------------------------------------------------------------------- kNN
+
+
+def _l2_normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def knn_eval(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
+             test_labels: np.ndarray, *, ks: Sequence[int] = (20, 200), temperature: float = 0.07,
+             num_classes: int | None = None, chunk: int = 256) -> dict[int, float]:
+    """Weighted kNN top-1 accuracy per ``k`` (InstDisc / DINO style), numpy, ``chunk`` test rows at a time.
+
+    Features are l2-normalised; the neighbours of a test sample are the ``k`` train samples of highest cosine
+    similarity (equal similarities: lower train index first); each votes for its label with weight
+    ``exp(similarity / temperature)`` and the class with the largest total wins (equal totals: lower class).
+    """
+    train, test = _l2_normalize(train_features), _l2_normalize(test_features)
+    train_labels, test_labels = np.asarray(train_labels, np.int64), np.asarray(test_labels, np.int64)
+    n = len(train)
+    if not ks or min(ks) < 1 or max(ks) > n:
+        raise ValueError(f"kNN needs 1 <= k <= {n} (the number of train features), got ks = {list(ks)}")
+    if num_classes is None:
+        num_classes = int(max(train_labels.max(initial=0), test_labels.max(initial=0))) + 1
+    k_max = max(ks)
+    correct = dict.fromkeys(ks, 0)
+    for s in range(0, len(test), chunk):
+        sims = test[s:s + chunk] @ train.T  # [m, n]
+        neighbours = _nearest(sims, k_max)  # [m, k_max], most similar first
+        near_sims = np.take_along_axis(sims, neighbours, axis=1).astype(np.float64)
+        weights = np.exp(near_sims / temperature)
+        near_labels = train_labels[neighbours]
+        rows = np.arange(len(sims))[:, None]
+        truth = test_labels[s:s + chunk]
+        for k in ks:
+            votes = np.zeros((len(sims), num_classes))
+            np.add.at(votes, (np.broadcast_to(rows, (len(sims), k)), near_labels[:, :k]), weights[:, :k])
+            correct[k] += int((votes.argmax(axis=1) == truth).sum())
+    return {k: correct[k] / max(len(test), 1) for k in ks}
+
+
+def _nearest(sims: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest entries of each row, by decreasing value then increasing index."""
+    m, n = sims.shape
+    if k == n:
+        idx = np.broadcast_to(np.arange(n), sims.shape)
+    else:
+        kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1:k]  # the k-th largest value of each row
+        candidates = sims >= kth  # k per row, more only when the k-th value is tied
+        counts = candidates.sum(axis=1)
+        idx = np.empty((m, k), dtype=np.int64)
+        plain = counts == k
+        idx[plain] = np.nonzero(candidates[plain])[1].reshape(-1, k)  # increasing index within each row
+        for row in np.flatnonzero(~plain):
+            cand = np.flatnonzero(candidates[row])
+            idx[row] = cand[np.lexsort((cand, -sims[row, cand]))[:k]]
+    order = np.argsort(-np.take_along_axis(sims, idx, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(idx, order, axis=1)
