@@ -442,17 +442,21 @@ _PASSL_LISTS = ("transforms", "view_trans1", "view_trans2")
 
 def _translate_passl_transforms(cfg: Config, schema: Schema, source: str) -> None:
     """PASSL transform lists in the file become ``augmentation`` settings (the training split's lists)."""
-    dataset = cfg["dataloader"]["train"]["dataset"]
-    lists = {key: dataset[key] for key in _PASSL_LISTS}
-    if not any(lists.values()):
-        return
-    for key, value in lists.items():
-        if not isinstance(value, list):
-            raise ConfigError(f"{source}: key 'dataloader.train.dataset.{key}' must be a list, got {value!r}")
-    try:
-        cfg["augmentation"] = augmentation_from_passl(cfg["augmentation"], lists, "dataloader.train.dataset")
-    except TransformListError as err:
-        raise ConfigError(f"{source}: {err}") from err
+    for split in schema.splits:  # the training lists set the recipe; the others are only checked
+        prefix = f"dataloader.{split}.dataset"
+        dataset = cfg["dataloader"][split]["dataset"]
+        lists = {key: dataset[key] for key in _PASSL_LISTS}
+        if not any(lists.values()):
+            continue
+        for key, value in lists.items():
+            if not isinstance(value, list):
+                raise ConfigError(f"{source}: key '{prefix}.{key}' must be a list, got {value!r}")
+        try:
+            translated = augmentation_from_passl(cfg["augmentation"], lists, prefix)
+        except TransformListError as err:
+            raise ConfigError(f"{source}: {err}") from err
+        if split == "train":
+            cfg["augmentation"] = translated
 
 
 def config_kind(cfg: Config) -> str:

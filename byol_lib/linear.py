@@ -82,13 +82,19 @@ def holdout_size(cfg: Config, num_train: int, num_classes: int) -> int:
 
 
 def settings_from(cfg: Config, world_size: int, num_train: int, num_classes: int) -> LinearEvalSettings:
+    """Evaluation settings from a classification config; PASSL's absolute-lr keys mean a single, unscaled lr."""
     per_device = cfg["dataloader"]["train"]["sampler"]["batch_size"]
     batch = cfg["global_batch_size"] or per_device * world_size
     sched, evaluation = cfg["lr_scheduler"], cfg["linear_eval"]
-    grid = [sched["learning_rate"]] if sched["learning_rate"] is not None else list(sched["lr_grid"])
+    for key, expected in (("total_steps", cfg["epochs"]), ("total_batch", batch)):
+        if sched[key] is not None and sched[key] != expected:
+            raise ConfigError(f"key 'lr_scheduler.{key}' = {sched[key]} but the run has {expected} "
+                              f"({'epochs' if key == 'total_steps' else 'global batch'}); drop it or make them agree")
+    absolute = sched["learning_rate"] if sched["learning_rate"] is not None else sched["end_lr"]
+    grid = [absolute] if absolute is not None else list(sched["lr_grid"])
     return LinearEvalSettings(
         protocol=evaluation["protocol"], epochs=cfg["epochs"], batch_size=batch, lr_grid=tuple(grid),
-        scale_lr_by_batch=sched["scale_lr_by_batch"] and sched["learning_rate"] is None,
+        scale_lr_by_batch=sched["scale_lr_by_batch"] and absolute is None,
         momentum=cfg["optimizer"]["momentum"], nesterov=cfg["optimizer"]["use_nesterov"],
         weight_decay=cfg["optimizer"]["weight_decay"], augment=evaluation["augment"],
         holdout=holdout_size(cfg, num_train, num_classes) if evaluation["protocol"] == "paper" else 0,
@@ -117,6 +123,19 @@ def _random_init_baseline(cfg: Config, train: Any, test: Any, settings: LinearEv
     outcome = _evaluate(build_backbone(cfg), train, test, cfg, settings, log=None)
     result = outcome.pop("result")
     return {"top1": result.test_top1, "top5": result.test_top5, "chosen_lr": result.chosen_lr, **outcome}
+
+
+def _format_row(row: Mapping[str, Any]) -> str:
+    """One line per epoch: per-lr figures as lr:value pairs, the per-lr lr values left out."""
+    parts = []
+    for key, value in row.items():
+        if key == "lr" or key == "seconds":
+            continue
+        if isinstance(value, Mapping):
+            parts.append(f"{key} " + " ".join(f"{lr:g}:{v:.3f}" for lr, v in value.items()))
+        else:
+            parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+    return "  ".join(parts)
 
 
 def run_linear_eval(cfg: Config, pretrained: str | None = None, load: Path | None = None,
@@ -162,7 +181,7 @@ def run_linear_eval(cfg: Config, pretrained: str | None = None, load: Path | Non
         if metrics is not None:
             metrics.append(row)
         if verbose and ctx.is_main:
-            print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
+            print(_format_row(row), flush=True)
 
     try:
         if evaluate_only:

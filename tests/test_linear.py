@@ -1,0 +1,105 @@
+"""The linear-evaluation run end to end: tools/train.py on a classification config, as PASSL's README drives it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from byol_lib.checkpoint import list_checkpoints
+from byol_lib.config import ConfigError, load_config
+from byol_lib.linear import holdout_size, settings_from
+from byol_lib.train import pretrain
+
+from .conftest import ROOT, TINY_CONFIG
+
+TINY_LINEAR = ROOT / "configs" / "byol" / "tiny_linear.yaml"
+TRAIN = [sys.executable, str(ROOT / "tools" / "train.py")]
+ENV = {**os.environ, "BYOL_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def pretrained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pretrain")
+    run = pretrain(load_config(TINY_CONFIG, [f"output_dir={out}"]), verbose=False)
+    return list_checkpoints(run / "checkpoints")[-1][1]
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([*TRAIN, *args], env=ENV, capture_output=True, text=True)
+
+
+def _summary(folder: Path) -> dict:
+    (run,) = [p for p in folder.iterdir() if p.is_dir()]
+    return json.loads((run / "summary.json").read_text()) | {"_dir": str(run)}
+
+
+@pytest.mark.slow
+def test_train_then_evaluate_only_reproduces_the_reported_accuracy(pretrained_checkpoint: Path,
+                                                                   tmp_path: Path) -> None:
+    out = _run(["-c", str(TINY_LINEAR), "--pretrained", str(pretrained_checkpoint),
+                "-o", f"output_dir={tmp_path / 'a'}"])
+    assert out.returncode == 0, out.stderr
+    summary = _summary(tmp_path / "a")
+    assert summary["status"] == "finished" and summary["kind"] == "linear" and summary["protocol"] == "paper"
+    assert summary["chosen_lr"] in [lr * 64 / 256 for lr in (0.4, 0.3, 0.2, 0.1, 0.05)]  # grid x batch/256
+    assert 0.0 <= summary["top1"] <= summary["top5"] <= 1.0
+    assert {"knn_top1_k5", "knn_top1_k20"} <= set(summary) and "top1" in summary["random_init"]
+    classifier = Path(summary["_dir"]) / "classifier.pdparams"
+
+    again = _run(["-c", str(TINY_LINEAR), "--load", str(classifier), "--evaluate-only",
+                  "-o", f"output_dir={tmp_path / 'b'}"])
+    assert again.returncode == 0, again.stderr
+    evaluated = _summary(tmp_path / "b")
+    assert evaluated["kind"] == "evaluate"
+    assert (evaluated["top1"], evaluated["top5"]) == (summary["top1"], summary["top5"])
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ([], "no backbone weights: pass --pretrained"),
+    (["--evaluate-only"], "--evaluate-only needs --load"),
+    (["--pretrained", "{ckpt}", "-o", "model.backbone.depth=34"], "does not fit the backbone in the config"),
+    (["--load", "{ckpt}"], "no linear head"),
+])
+def test_bad_weights_fail_clearly_and_write_nothing(pretrained_checkpoint: Path, tmp_path: Path,
+                                                    extra: list[str], message: str) -> None:
+    extra = [a.replace("{ckpt}", str(pretrained_checkpoint)) for a in extra]
+    out = _run(["-c", str(TINY_LINEAR), "-o", f"output_dir={tmp_path / 'runs'}", *extra])
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_pretraining_flags_on_a_pretraining_config_are_rejected(tmp_path: Path) -> None:
+    out = _run(["-c", str(TINY_CONFIG), "--evaluate-only", "-o", f"output_dir={tmp_path}"])
+    assert out.returncode == 2 and "is a pretraining config" in out.stderr
+
+
+PASSL_CLAS = ROOT / "tests" / "fixtures" / "passl" / "byol_clas_r50.yaml"
+SYNTH = ["dataloader.train.dataset.name=Synthetic", "dataloader.val.dataset.name=Synthetic"]
+
+
+def test_passl_classification_config_loads_with_its_single_lr() -> None:
+    cfg = load_config(PASSL_CLAS, SYNTH)
+    settings = settings_from(cfg, 8, 1281167, 1000)  # PASSL's 8 GPUs x 128
+    assert settings.lr_grid == (1.6,) and not settings.scale_lr_by_batch and settings.epochs == 100
+    assert settings.batch_size == 1024 and settings.nesterov and settings.weight_decay == 0.0
+    with pytest.raises(ConfigError, match="total_batch"):
+        settings_from(cfg, 1, 1281167, 1000)  # one process: batch 128 disagrees with PASSL's total_batch 1024
+
+
+def test_paper_config_defaults() -> None:
+    cfg = load_config(ROOT / "configs" / "byol" / "byol_clas_r50.yaml", SYNTH)
+    settings = settings_from(cfg, 8, 1281167, 1000)
+    assert settings.epochs == 80 and settings.batch_size == 1024 and settings.holdout == 10009
+    assert settings.lr_grid == (0.4, 0.3, 0.2, 0.1, 0.05) and settings.scale_lr_by_batch
+
+
+@pytest.mark.parametrize(("images", "classes", "expected"), [
+    (1281167, 1000, 10009), (5000, 10, 200), (300, 10, 60), (100000, 100, 2000)])
+def test_holdout_scales_with_the_train_set(images: int, classes: int, expected: int) -> None:
+    cfg = load_config(ROOT / "configs" / "byol" / "byol_clas_r50.yaml", SYNTH)
+    assert holdout_size(cfg, images, classes) == expected
