@@ -49,20 +49,40 @@ def load_from_args(args: argparse.Namespace) -> dict:
     return load_config(args.config_file, overrides_from_args(args))
 
 
-def launch_pretrain_from_args(args: argparse.Namespace) -> int:
-    """``byol pretrain --nproc_per_node N ...``: validate here, then run the workers through the launcher."""
-    from byol_lib.distributed import launch_pretrain
+def worker_args(args: argparse.Namespace) -> list[str]:
+    """The same command for each launched worker, without the launch options."""
+    argv = [args.command, "-c", str(args.config_file), *[a for o in overrides_from_args(args) for a in ("-o", o)]]
+    for flag, value in (("--resume", args.resume), ("--pretrained", args.pretrained), ("--load", args.load)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv + (["--evaluate-only"] if args.evaluate_only else [])
+
+
+def launch_from_args(args: argparse.Namespace) -> int:
+    """``byol pretrain|linear-eval --nproc_per_node N ...``: validate here, then run the workers via the launcher."""
+    from byol_lib.distributed import launch_cli
 
     try:
-        load_from_args(args)
+        check_kind(load_from_args(args), args)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    result = launch_pretrain(args.config_file, overrides_from_args(args), nproc_per_node=args.nproc_per_node,
-                             devices=args.devices, nnodes=args.nnodes, master=args.master, log_dir=args.log_dir)
+    result = launch_cli(worker_args(args), nproc_per_node=args.nproc_per_node, devices=args.devices,
+                        nnodes=args.nnodes, master=args.master, log_dir=args.log_dir)
     if result.returncode != 0:
         print(f"error: a worker failed (exit code {result.returncode})\n{result.failure_tail}", file=sys.stderr)
     return result.returncode
+
+
+_COMMAND_KIND = {"pretrain": "pretrain", "linear-eval": "linear"}
+
+
+def check_kind(cfg: dict, args: argparse.Namespace) -> None:
+    """``byol pretrain`` takes BYOL configs, ``byol linear-eval`` classification configs (tools/train.py: both)."""
+    wanted = _COMMAND_KIND.get(getattr(args, "command", ""))
+    if wanted and config_kind(cfg) != wanted:
+        other = "linear-eval" if wanted == "pretrain" else "pretrain"
+        raise ConfigError(f"{args.config_file} is a {config_kind(cfg)} config: use 'byol {other}'")
 
 
 def run_config(args: argparse.Namespace) -> int:
@@ -74,6 +94,7 @@ def run_config(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_from_args(args)
+        check_kind(cfg, args)
         if config_kind(cfg) == "linear":
             if args.resume is not None:
                 raise ConfigError("--resume is for pretraining configs; linear evaluation restarts from its weights")
@@ -110,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     pre = commands.add_parser("pretrain", help="BYOL pretraining (one process, or several with --nproc_per_node)")
     add_config_arguments(pre)
     add_launch_arguments(pre)
+    lin = commands.add_parser("linear-eval", help="linear evaluation of a frozen backbone (classification configs)")
+    add_config_arguments(lin)
+    add_launch_arguments(lin)
     ext = commands.add_parser("extract", help="extract the online encoder (PASSL's tools/extract_weight.py)")
     add_extract_arguments(ext)
     conv = commands.add_parser("convert", help="rename a ResNet backbone to PaddleClas names (passl2ppclas)")
@@ -120,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "convert":
         return run_convert(args)
     launching = args.nproc_per_node or args.devices or args.nnodes > 1
-    return launch_pretrain_from_args(args) if launching else run_config(args)
+    return launch_from_args(args) if launching else run_config(args)
 
 
 if __name__ == "__main__":

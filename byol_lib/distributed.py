@@ -174,12 +174,16 @@ def run_launch(cmd: Sequence[str], log_dir: str | Path, *, stream: bool = True, 
     return result
 
 
-def launch_pretrain(config: str | Path, overrides: Sequence[str] = (), *, nproc_per_node: int | None = None,
-                    devices: str | None = None, nnodes: int = 1, master: str | None = None,
-                    log_dir: str | Path = "log", stream: bool = True) -> LaunchResult:
-    """Pretrain ``config`` under ``paddle.distributed.launch`` (the notebooks' and ``byol pretrain``'s path)."""
+def launch_cli(cli_args: Sequence[str], *, nproc_per_node: int | None = None, devices: str | None = None,
+               nnodes: int = 1, master: str | None = None, log_dir: str | Path = "log",
+               stream: bool = True) -> LaunchResult:
+    """Run ``byol <cli_args>`` in every worker of a ``paddle.distributed.launch`` job."""
     script = Path(__file__).resolve().parent / "cli.py"
-    args = ["pretrain", "-c", str(config), *[a for o in overrides for a in ("-o", o)]]
-    cmd = launch_command(script, args, nproc_per_node=nproc_per_node, devices=devices, nnodes=nnodes,
+    cmd = launch_command(script, list(cli_args), nproc_per_node=nproc_per_node, devices=devices, nnodes=nnodes,
                          master=master, log_dir=log_dir)
     return run_launch(cmd, log_dir, stream=stream)
+
+
+def launch_pretrain(config: str | Path, overrides: Sequence[str] = (), **launch: Any) -> LaunchResult:
+    """Pretrain ``config`` under ``paddle.distributed.launch`` (the notebooks' path); ``launch`` as in launch_cli."""
+    return launch_cli(["pretrain", "-c", str(config), *[a for o in overrides for a in ("-o", o)]], **launch)

@@ -82,3 +82,18 @@ def test_two_nodes_rendezvous_on_loopback(tmp_path: Path) -> None:
 def test_cpu_build_selects_cpu() -> None:
     assert select_device("auto") == "cpu"
     assert select_device("cpu") == "cpu"
+
+
+def test_linear_eval_runs_under_the_launcher(tmp_path: Path) -> None:
+    from byol_lib.cli import main
+    from byol_lib.config import load_config
+    from byol_lib.train import pretrain
+
+    run = pretrain(load_config(TINY_CONFIG, [f"output_dir={tmp_path / 'pre'}"]), verbose=False)
+    checkpoint = list_checkpoints(run / "checkpoints")[-1][1]
+    code = main(["linear-eval", "-c", str(ROOT / "configs" / "byol" / "tiny_linear.yaml"), "--pretrained",
+                 str(checkpoint), "--nproc_per_node", "2", "--log_dir", str(tmp_path / "log"),
+                 "-o", f"output_dir={tmp_path / 'runs'}", "-o", "linear_eval.random_init_baseline=False"])
+    assert code == 0
+    summary = _summary(tmp_path / "runs")
+    assert summary["status"] == "finished" and summary["world_size"] == 2 and 0.0 <= summary["top1"] <= 1.0
