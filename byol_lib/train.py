@@ -8,6 +8,7 @@ move the target towards the *updated* online weights with the scheduled tau.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -19,7 +20,7 @@ import paddle.nn as nn
 
 from byol_lib import distributed, results
 from byol_lib.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from byol_lib.config import Config, resolve
+from byol_lib.config import Config, ConfigError, resolve
 from byol_lib.data.augment import device_augment
 from byol_lib.data.datasets import build_dataset
 from byol_lib.data.loader import pretrain_loader
@@ -111,6 +112,9 @@ def pretrain(cfg: Config, resume: Path | None = None, verbose: bool = True) -> P
     cfg["derived"]["classes"] = list(images.classes)
     derived = cfg["derived"]
     run_dir = Path(distributed.broadcast_object(str(_run_folder(cfg, resume)) if ctx.is_main else None, ctx))
+    previous = run_dir / "summary.json"
+    if previous.is_file() and json.loads(previous.read_text()).get("config_hash") != results.config_hash(cfg):
+        raise ConfigError(f"{run_dir} holds a run of a different config; choose another run_id or output_dir")
     ckpt_dir = run_dir / "checkpoints"
 
     paddle.seed(cfg["seed"])
@@ -120,6 +124,10 @@ def pretrain(cfg: Config, resume: Path | None = None, verbose: bool = True) -> P
     source = resume or latest_checkpoint(ckpt_dir)
     state = load_checkpoint(source, model, optimizer) if source else {"step": 0, "extra": {}}
     start_step, elapsed_before = state["step"], state["extra"].get("wall_time_s", 0.0)
+    if start_step >= derived["total_steps"] and (run_dir / "summary.json").is_file():
+        if verbose and ctx.is_main:
+            print(f"already finished: {run_dir}", flush=True)
+        return run_dir
     net = paddle.DataParallel(model) if ctx.world_size > 1 else model
     loader = pretrain_loader(images, cfg, ctx.rank, ctx.world_size, start_step)
 

@@ -113,3 +113,15 @@ def test_bad_input_fails_before_any_work_and_writes_nothing(tmp_path: Path, extr
     assert out.returncode == 2
     assert message in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_named_run_is_reused_when_finished_and_guarded_against_other_configs(tmp_path: Path) -> None:
+    from byol_lib.config import ConfigError
+
+    cfg = load_config(TINY_CONFIG, [f"output_dir={tmp_path}", "run_id=named"])
+    run = pretrain(cfg, verbose=False)
+    before = (run / "summary.json").read_text()
+    assert pretrain(cfg, verbose=False) == run  # finished: nothing is trained or rewritten
+    assert (run / "summary.json").read_text() == before
+    with pytest.raises(ConfigError, match="different config"):
+        pretrain(load_config(TINY_CONFIG, [f"output_dir={tmp_path}", "run_id=named", "seed=1"]), verbose=False)
