@@ -1,15 +1,12 @@
 #!/usr/bin/env bash
-# The main job from nothing: creates .venv if needed, then BYOL pretraining on the embedded default dataset.
-#   ./run_all.sh                      # configs/byol/byol_r18_synthetic.yaml (about 15 minutes on 2 cores)
-#   CONFIG=configs/byol/tiny_cpu.yaml ./run_all.sh    # a seconds-long smoke run
-#   NPROC=2 ./run_all.sh              # the same job as 2 CPU processes (paddle.distributed.launch, gloo)
-# Extra arguments go to tools/train.py, e.g. ./run_all.sh -o epochs=5
+# The full reproduction from nothing: creates .venv if needed, then pretraining, backbone extraction and PaddleClas
+# conversion, linear evaluation (+ kNN and the random-init baseline). Re-running skips finished steps and resumes
+# an interrupted pretraining.
+#   ./run_all.sh                                        # embedded default dataset on this CPU
+#   ./run_all.sh --profile cifar10 --data PATH          # CIFAR-10 python archive or folder
+#   ./run_all.sh --profile imagenet --data PATH --gpus 0,1,2,3,4,5,6,7   # the paper's 300-epoch setting
+#   ./run_all.sh --seeds 0 1 -o epochs=5                # more seeds, pretraining overrides
 set -euo pipefail
 cd "$(dirname "$0")"
 bash tools/setup_venv.sh requirements.txt
-config="${CONFIG:-configs/byol/byol_r18_synthetic.yaml}"
-if [ "${NPROC:-1}" -gt 1 ]; then
-  .venv/bin/byol pretrain --nproc_per_node "$NPROC" --log_dir log -c "$config" "$@"
-else
-  .venv/bin/python tools/train.py -c "$config" "$@"
-fi
+exec .venv/bin/byol reproduce "$@"

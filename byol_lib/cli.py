@@ -112,6 +112,37 @@ def run_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_reproduce_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default="default", choices=("default", "cifar10", "imagenet"),
+                        help="default: embedded dataset on CPU; cifar10/imagenet: --data PATH")
+    parser.add_argument("--data", default=None, help="dataset path (CIFAR archive or folder; ImageNet root)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one full run per seed")
+    parser.add_argument("--gpus", default=None, help="GPU ids, e.g. 0,1,2,3 (launches one process per GPU)")
+    parser.add_argument("--nproc", type=int, default=None, help="CPU processes for pretraining")
+    parser.add_argument("--output-dir", default="results")
+    parser.add_argument("-o", "--override", action="append", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override a pretraining config key")
+    parser.add_argument("--linear-override", action="append", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override a linear-evaluation config key")
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    from byol_lib.data.datasets import DatasetError
+    from byol_lib.export import ExportError
+    from byol_lib.pipeline import reproduce
+
+    try:
+        runs = reproduce(args.profile, data=args.data, seeds=args.seeds, gpus=args.gpus, nproc=args.nproc,
+                         output_dir=args.output_dir,
+                         pretrain_overrides=[o for group in args.override for o in group],
+                         linear_overrides=[o for group in args.linear_override for o in group])
+    except (ConfigError, DatasetError, ExportError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print("linear evaluation runs: " + ", ".join(str(r) for r in runs), flush=True)
+    return 0
+
+
 def train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tools/train.py",
                                      description="BYOL pretraining or linear evaluation (PASSL-compatible flags)")
@@ -134,11 +165,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     lin = commands.add_parser("linear-eval", help="linear evaluation of a frozen backbone (classification configs)")
     add_config_arguments(lin)
     add_launch_arguments(lin)
+    rep = commands.add_parser("reproduce", help="the full reproduction: pretrain, extract, convert, linear eval")
+    add_reproduce_arguments(rep)
     ext = commands.add_parser("extract", help="extract the online encoder (PASSL's tools/extract_weight.py)")
     add_extract_arguments(ext)
     conv = commands.add_parser("convert", help="rename a ResNet backbone to PaddleClas names (passl2ppclas)")
     add_convert_arguments(conv)
     args = parser.parse_args(argv)
+    if args.command == "reproduce":
+        return run_reproduce(args)
     if args.command == "extract":
         return run_extract(args)
     if args.command == "convert":

@@ -163,8 +163,21 @@ def run_linear_eval(cfg: Config, pretrained: str | None = None, load: Path | Non
                               "classes": list(train.classes), "pretrained": str(load or pretrained)}}
     digest = results.config_hash(cfg)
     kind = "evaluate" if evaluate_only else KIND
-    run_dir = Path(distributed.broadcast_object(
-        str(results.new_run_dir(Path(cfg["output_dir"]), kind, digest)) if ctx.is_main else None, ctx))
+    if cfg["run_id"]:  # a named run: reuse it when it finished with this config, else (re)run into it
+        run_dir = Path(cfg["output_dir"]) / cfg["run_id"]
+        previous = results.read_summary(run_dir)
+        if previous.get("status") == "finished" and previous.get("config_hash") == digest:
+            if verbose and ctx.is_main:
+                print(f"already finished: {run_dir}", flush=True)
+            return run_dir
+        if previous and previous.get("config_hash") != digest:
+            raise ConfigError(f"{run_dir} holds a run of a different config; choose another run_id or output_dir")
+        if ctx.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    else:
+        run_dir = Path(distributed.broadcast_object(
+            str(results.new_run_dir(Path(cfg["output_dir"]), kind, digest)) if ctx.is_main else None, ctx))
     summary: dict[str, Any] = {"run_id": run_dir.name, "kind": kind, "status": "running", "config_hash": digest,
                                "world_size": ctx.world_size, "device": ctx.device,
                                "pretrained": str(load or pretrained),

@@ -65,8 +65,7 @@ def find_resumable(output_dir: Path, kind: str, digest: str) -> Path | None:
     """The newest run folder of this kind and config hash that has not finished."""
     candidates = sorted(output_dir.glob(f"*-{kind}-{digest}"))
     for folder in reversed(candidates):
-        summary = folder / "summary.json"
-        if not summary.is_file() or json.loads(summary.read_text()).get("status") != "finished":
+        if read_summary(folder).get("status") != "finished":
             return folder
     return None
 
@@ -105,6 +104,12 @@ class MetricsLog:
     def append(self, row: dict[str, Any]) -> None:
         with self.path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
+
+
+def read_summary(folder: Path) -> dict[str, Any]:
+    """A run folder's summary.json, or {} when there is none yet."""
+    path = Path(folder) / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def read_metrics(folder: Path) -> list[dict[str, Any]]:

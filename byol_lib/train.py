@@ -8,7 +8,6 @@ move the target towards the *updated* online weights with the scheduled tau.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -112,8 +111,8 @@ def pretrain(cfg: Config, resume: Path | None = None, verbose: bool = True) -> P
     cfg["derived"]["classes"] = list(images.classes)
     derived = cfg["derived"]
     run_dir = Path(distributed.broadcast_object(str(_run_folder(cfg, resume)) if ctx.is_main else None, ctx))
-    previous = run_dir / "summary.json"
-    if previous.is_file() and json.loads(previous.read_text()).get("config_hash") != results.config_hash(cfg):
+    previous = results.read_summary(run_dir)
+    if previous and previous.get("config_hash") != results.config_hash(cfg):
         raise ConfigError(f"{run_dir} holds a run of a different config; choose another run_id or output_dir")
     ckpt_dir = run_dir / "checkpoints"
 

@@ -1,0 +1,112 @@
+"""The full reproduction in one call: pretrain -> extract -> convert -> linear evaluation (+ kNN, random init).
+
+``./run_all.sh`` and ``byol reproduce`` drive it. Every step is a named run under ``results/``
+(``<profile>-pretrain-s<seed>``, ``<profile>-linear-s<seed>``), so re-running skips finished steps and
+resumes an interrupted pretraining from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import paddle
+
+from byol_lib.checkpoint import latest_checkpoint
+from byol_lib.config import ConfigError, load_config
+from byol_lib.distributed import launch_pretrain
+from byol_lib.export import convert_file, extract_file
+from byol_lib.linear import run_linear_eval
+from byol_lib.results import read_summary, repo_root
+from byol_lib.train import pretrain
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A reproduction setting: its two configs and how a data path enters them."""
+
+    name: str
+    pretrain_config: str
+    linear_config: str
+    dataset: str  # dataset name written into both configs ("" = keep the configs' own)
+    needs_data: bool
+    needs_gpu: bool
+    paddleclas_type: str
+
+
+PROFILES = {
+    "default": Profile("default", "configs/byol/byol_r18_synthetic.yaml", "configs/byol/linear_synthetic.yaml",
+                       "", needs_data=False, needs_gpu=False, paddleclas_type="res18"),
+    "cifar10": Profile("cifar10", "configs/byol/byol_r18_cifar10.yaml", "configs/byol/linear_cifar10.yaml",
+                       "CIFAR10", needs_data=True, needs_gpu=False, paddleclas_type="res18"),
+    "imagenet": Profile("imagenet", "configs/byol/byol_r50_IM.yaml", "configs/byol/byol_clas_r50.yaml",
+                        "ImageNet", needs_data=True, needs_gpu=True, paddleclas_type="res50"),
+}
+
+
+def data_overrides(profile: Profile, data: str | None) -> tuple[list[str], list[str]]:
+    """(pretraining, linear-evaluation) overrides that point the configs at ``data``."""
+    if profile.needs_data and not data:
+        raise ConfigError(f"profile '{profile.name}' needs --data PATH (the {profile.dataset} folder or archive)")
+    if not profile.needs_data:
+        return [], []
+    root = Path(data or "")
+    if not root.exists():
+        raise ConfigError(f"--data {root}: no such file or folder")
+    if profile.dataset == "ImageNet":
+        train, val = root / "train", root / "val"
+        return ([f"dataloader.train.dataset.dataroot={train}"],
+                [f"dataloader.train.dataset.dataroot={train}", f"dataloader.val.dataset.dataroot={val}"])
+    return ([f"dataloader.train.dataset.dataroot={root}"],
+            [f"dataloader.train.dataset.dataroot={root}", f"dataloader.val.dataset.dataroot={root}"])
+
+
+def _pretrain(config: Path, overrides: list[str], nproc: int | None, gpus: str | None, log_dir: Path) -> None:
+    if nproc or gpus:
+        result = launch_pretrain(config, overrides, nproc_per_node=nproc, devices=gpus, log_dir=log_dir)
+        if result.returncode != 0:
+            raise RuntimeError(f"pretraining failed (exit code {result.returncode})\n{result.failure_tail}")
+    else:
+        pretrain(load_config(config, overrides))
+
+
+def reproduce(profile_name: str = "default", data: str | None = None, seeds: Sequence[int] = (0,),
+              gpus: str | None = None, nproc: int | None = None, output_dir: str | Path = "results",
+              pretrain_overrides: Sequence[str] = (), linear_overrides: Sequence[str] = ()) -> list[Path]:
+    """Run the profile's steps for every seed; return the linear-evaluation run folders."""
+    if profile_name not in PROFILES:
+        raise ConfigError(f"unknown profile '{profile_name}'; choose one of {sorted(PROFILES)}")
+    profile = PROFILES[profile_name]
+    if profile.needs_gpu and not paddle.is_compiled_with_cuda():
+        raise ConfigError(f"profile '{profile.name}' needs GPUs, but this PaddlePaddle build has no CUDA support "
+                          "(see requirements-gpu.txt)")
+    root, output = repo_root(), Path(output_dir).resolve()
+    pre_data, lin_data = data_overrides(profile, data)
+    linear_runs = []
+    for seed in seeds:
+        common = [f"output_dir={output}", f"seed={seed}"]
+        pre_id = f"{profile.name}-pretrain-s{seed}"
+        print(f"== {pre_id}: pretraining", flush=True)
+        pre_overrides = [*pre_data, *common, *pretrain_overrides]
+        _pretrain(root / profile.pretrain_config, [*pre_overrides, f"run_id={pre_id}"], nproc, gpus,
+                  output / f"{pre_id}-launch-log")
+        run = output / pre_id
+        checkpoint = latest_checkpoint(run / "checkpoints")
+        if read_summary(run).get("status") != "finished" or checkpoint is None:
+            raise RuntimeError(f"{run} did not finish; re-run to resume it")
+        backbone = run / "backbone.pdparams"
+        extract_file(checkpoint, backbone)
+        arch = load_config(root / profile.pretrain_config, pre_overrides)["model"]["backbone"]
+        if arch["stem"] == "imagenet":
+            converted = run / f"backbone_paddleclas_{profile.paddleclas_type}.pdparams"
+            convert_file(checkpoint, converted, profile.paddleclas_type, arch["width"])
+            print(f"== {pre_id}: wrote {backbone.name} and {converted.name}", flush=True)
+        else:
+            print(f"== {pre_id}: wrote {backbone.name} (no PaddleClas conversion: PaddleClas ResNets have no "
+                  "CIFAR stem)", flush=True)
+        lin_id = f"{profile.name}-linear-s{seed}"
+        print(f"== {lin_id}: linear evaluation", flush=True)
+        lin_cfg = load_config(root / profile.linear_config, [*lin_data, *common, *linear_overrides, f"run_id={lin_id}"])
+        linear_runs.append(run_linear_eval(lin_cfg, pretrained=str(backbone)))
+    return linear_runs
