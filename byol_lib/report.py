@@ -1,0 +1,378 @@
+"""Tables and figures for the notebooks and the report, computed from the registry (``byol_lib.registry``).
+
+Tables are pandas frames; figures are ``matplotlib.figure.Figure`` objects built without pyplot, so nothing here
+chooses a backend: a notebook's inline backend embeds them, a script can ``savefig`` them. Accuracies are
+percentages, as in the registry and in ``configs/references.yaml``. Seed statistics use the sample standard
+deviation (ddof 1; undefined for one seed).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from matplotlib.figure import Figure
+from pandas.io.formats.style import Styler
+
+from byol_lib import registry
+from byol_lib.export import backbone_layout
+from byol_lib.results import read_metrics, repo_root
+
+REFERENCES = repo_root() / "configs" / "references.yaml"
+REFERENCE_COLUMNS: dict[str, str] = {
+    "group": "str", "variant": "str", "label": "str", "source": "str", "dataset": "str", "backbone": "str",
+    "evaluation": "str", "epochs": "Int64", "global_batch": "Int64", "seeds": "Int64", "top1": "float64",
+    "top1_std": "float64", "top5": "float64",
+}
+SETUP = ["evaluation", "knn_k", "variant", "dataset", "backbone", "epochs", "global_batch", "protocol"]
+MEASURED = ("pretrain", "linear", "knn", "ablation")  # kinds whose rows are results of this project
+NOT_ABLATIONS = (registry.BASELINE, registry.RANDOM_INIT)
+PAPER_SOURCE = "Grill"
+CURVE_PANELS = (("loss", ("loss", "byol_loss", "classifier_loss")), ("learning rate", ("lr",)), ("tau", ("tau",)),
+                ("online-probe accuracy (fraction)", ("online_accuracy",)), ("collapse monitor: z std", ("z_std",)),
+                ("images / s", ("images_per_s",)))
+AUGMENT_ROWS = (("flip", "flip (probability)"), ("color_jitter", "colour jitter (probability)"),
+                ("brightness", "  brightness (strength)"), ("contrast", "  contrast (strength)"),
+                ("saturation", "  saturation (strength)"), ("hue", "  hue (strength)"),
+                ("grayscale", "grayscale (probability)"), ("blur", "Gaussian blur (probability)"),
+                ("solarize", "solarise (probability)"))
+
+
+def show(frame: pd.DataFrame, precision: int = 2) -> Styler:
+    """A frame for display: fixed decimals, a dash for missing values, no index."""
+    return frame.style.format(precision=precision, na_rep="—").hide(axis="index")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+
+def load_references(path: str | Path | None = None) -> pd.DataFrame:
+    """``configs/references.yaml`` as a frame with ``REFERENCE_COLUMNS`` (row defaults and group sources applied)."""
+    data = yaml.safe_load(Path(path or REFERENCES).read_text())
+    defaults, sources = data.get("defaults", {}), data.get("sources", {})
+    rows = [{**defaults, "source": sources.get(row.get("group")), **row} for row in data["references"]]
+    return pd.DataFrame([{k: row.get(k) for k in REFERENCE_COLUMNS} for row in rows]).astype(REFERENCE_COLUMNS)
+
+
+def measured(runs: pd.DataFrame) -> pd.DataFrame:
+    """The finished result rows of this project (no notebook or evaluate-only rows, no missing top-1)."""
+    keep = runs["kind"].isin(MEASURED) & (runs["status"] == "finished") & runs["top1"].notna()
+    return runs[keep]
+
+
+def seed_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± std over seeds of every measured setup (``SETUP`` columns), with the number of runs and the seeds."""
+    rows = measured(runs)
+    columns = [*SETUP, "runs", "seeds", "top1", "top1_std", "top5", "top5_std"]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    table = rows.groupby(SETUP, dropna=False, sort=True).agg(
+        runs=("run_id", "size"), seeds=("seed", lambda s: ", ".join(str(v) for v in sorted(s.dropna().unique()))),
+        top1=("top1", "mean"), top1_std=("top1", "std"), top5=("top5", "mean"), top5_std=("top5", "std"))
+    return table.reset_index()[columns]
+
+
+def _paper_reference(refs: pd.DataFrame, variant: str, epochs: Any) -> pd.Series | None:
+    """The paper's headline row for ``variant`` closest in epochs."""
+    candidates = refs[(refs["group"] == "headline") & (refs["variant"] == variant)
+                      & refs["source"].str.startswith(PAPER_SOURCE)]
+    if candidates.empty:
+        return None
+    target = 0 if pd.isna(epochs) else int(epochs)
+    return candidates.loc[(candidates["epochs"].astype(float) - target).abs().idxmin()]
+
+
+def comparability(row: Mapping[str, Any], ref: Mapping[str, Any]) -> list[str]:
+    """Why a measured row is not comparable in absolute terms with a reference row (empty: comparable)."""
+    reasons = []
+    for key, unit in (("dataset", ""), ("backbone", ""), ("evaluation", ""), ("epochs", " epochs"),
+                      ("global_batch", " batch")):
+        mine, theirs = row.get(key), ref.get(key)
+        if pd.isna(mine) and pd.isna(theirs):
+            continue
+        if pd.isna(mine) or pd.isna(theirs) or mine != theirs:
+            reasons.append(f"{'—' if pd.isna(mine) else mine} vs {'—' if pd.isna(theirs) else theirs}{unit}")
+    return reasons
+
+
+def gap_table(runs: pd.DataFrame, refs: pd.DataFrame) -> pd.DataFrame:
+    """The reproduction gap: this project's baseline and random-init setups (mean over seeds), then the headline
+    references. Each measured row has its top-1 gap to the paper's number for the same variant and the closest
+    budget, and a note saying whether the two are comparable in absolute terms, and if not why."""
+    order = {registry.LINEAR: 0, registry.KNN: 1, registry.ONLINE: 2}
+    own = seed_table(runs)
+    own = own[own["variant"].isin(NOT_ABLATIONS)]
+    own = own.assign(_order=own["evaluation"].map(order)).sort_values(["_order", "knn_k", "variant", "epochs"])
+    rows = []
+    for _, row in own.iterrows():
+        ref = _paper_reference(refs, row["variant"], row["epochs"])
+        reasons = comparability(row, ref) if ref is not None else ["no published number for this setup"]
+        evaluation = row["evaluation"] + ("" if pd.isna(row["knn_k"]) else f" k={row['knn_k']}")
+        rows.append({"result": f"this project ({row['variant']})", "evaluation": evaluation,
+                     "dataset": row["dataset"], "backbone": row["backbone"], "epochs": row["epochs"],
+                     "global_batch": row["global_batch"], "seeds": row["runs"], "top1": row["top1"],
+                     "top1_std": row["top1_std"], "top5": row["top5"],
+                     "reference": None if ref is None else ref["label"],
+                     "gap_top1": None if ref is None else row["top1"] - ref["top1"],
+                     "note": "comparable" if not reasons else "not comparable in absolute terms: "
+                     + "; ".join(reasons)})
+    for _, ref in refs[refs["group"] == "headline"].iterrows():
+        rows.append({"result": ref["label"], "evaluation": ref["evaluation"], "dataset": ref["dataset"],
+                     "backbone": ref["backbone"], "epochs": ref["epochs"], "global_batch": ref["global_batch"],
+                     "seeds": ref["seeds"], "top1": ref["top1"], "top1_std": ref["top1_std"], "top5": ref["top5"],
+                     "reference": None, "gap_top1": None, "note": ref["source"]})
+    return pd.DataFrame(rows).astype({"epochs": "Int64", "global_batch": "Int64", "seeds": "Int64",
+                                      "top1": "float64", "top1_std": "float64", "top5": "float64",
+                                      "gap_top1": "float64"})
+
+
+def ablation_table(runs: pd.DataFrame, refs: pd.DataFrame) -> pd.DataFrame:
+    """Each measured variant's top-1 delta to the baseline of the same setup, beside the paper's delta.
+
+    The baseline pools every baseline run of the setup (evaluation, k, dataset, backbone, epochs, protocol) over
+    seeds and batch sizes; the paper's delta is the variant's row minus its group's baseline row.
+    """
+    columns = ["variant", "label", "group", "evaluation", "knn_k", "dataset", "backbone", "epochs", "runs",
+               "baseline_top1", "top1", "measured_delta", "paper_delta"]
+    rows = measured(runs)
+    context = [c for c in SETUP if c not in ("variant", "global_batch")]
+    baselines = (rows[rows["variant"] == registry.BASELINE].groupby(context, dropna=False)["top1"].mean()
+                 .rename("baseline_top1").reset_index())
+    variants = (rows[~rows["variant"].isin(NOT_ABLATIONS)].groupby([*context, "variant"], dropna=False)
+                .agg(runs=("run_id", "size"), top1=("top1", "mean")).reset_index())
+    paper = refs[refs["group"] != "headline"]
+    paper_baseline = paper[paper["variant"] == registry.BASELINE].set_index("group")["top1"]
+    paper = (paper[paper["variant"] != registry.BASELINE]
+             .assign(paper_delta=lambda f: f["top1"] - f["group"].map(paper_baseline))
+             .drop_duplicates("variant")[["variant", "label", "group", "paper_delta"]])
+    table = variants.merge(baselines, on=context, how="left").merge(paper, on="variant", how="left")
+    table["label"] = table["label"].fillna(table["variant"])
+    table["measured_delta"] = table["top1"] - table["baseline_top1"]
+    return table[columns].astype({"baseline_top1": "float64", "top1": "float64", "measured_delta": "float64",
+                                  "paper_delta": "float64"})
+
+
+def evaluation_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Offline linear and kNN results of every linear run, the random-init baseline beside each."""
+    rows = runs[runs["evaluation"].isin((registry.LINEAR, registry.KNN)) & (runs["kind"] != "evaluate")]
+    columns = ["run_id", "pretrain_run", "status", "protocol", "evaluation", "knn_k", "variant", "top1", "top5"]
+    return rows[columns].sort_values(["run_id", "evaluation", "knn_k", "variant"], ascending=[True, False, True, True])
+
+
+def environment_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: where and how fast it ran."""
+    columns = ["run_id", "kind", "status", "dataset", "backbone", "device", "world_size", "global_batch",
+               "images_per_s", "wall_time_s", "paddle_version", "git_commit"]
+    return runs[runs["kind"] != "notebook"].drop_duplicates("run_id")[columns]
+
+
+def problem_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Every run that did not finish (notebook runs included), with its error."""
+    return runs[runs["status"] != "finished"].drop_duplicates("run_id")[["run_id", "kind", "status", "error",
+                                                                         "path"]]
+
+
+def overview(runs: pd.DataFrame) -> str:
+    """A markdown paragraph: how many runs of each kind and status, which Paddle versions and commits."""
+    if runs.empty:
+        return "No runs in the results folder yet: run `notebooks/10_pretrain.ipynb` (or `./run_all.sh`) first."
+    per_run = runs.drop_duplicates("run_id")
+    counts = per_run.groupby(["kind", "status"], dropna=False).size()
+    parts = [f"{n} {kind} ({status})" for (kind, status), n in counts.items()]
+    versions = ", ".join(sorted(per_run["paddle_version"].dropna().unique())) or "unknown"
+    commits = ", ".join(sorted(per_run["git_commit"].dropna().unique())) or "unknown"
+    return (f"**{len(per_run)} runs**: {', '.join(parts)}. Paddle {versions}; git commits {commits}. "
+            "Accuracies are top-1/top-5 in percent.")
+
+
+def run_overview(folder: str | Path) -> pd.DataFrame:
+    """A pretraining run at a glance: status, processes, derived schedule, speed and the last logged figures."""
+    summary, cfg = registry.read_run(Path(folder))
+    derived = cfg.get("derived", {})
+    items = {"status": summary.get("status"), "error": summary.get("error"),
+             "processes": f"{summary.get('world_size')} x {summary.get('device')}",
+             "global batch": derived.get("global_batch"), "peak lr": derived.get("peak_lr"),
+             "steps": derived.get("total_steps"), "warm-up steps": derived.get("warmup_steps"),
+             "wall time (s)": summary.get("wall_time_s"), "images / s": summary.get("images_per_s"),
+             **{f"last {key}": value for key, value in (summary.get("final") or {}).items()}}
+    return pd.DataFrame({"": list(items), "value": list(items.values())})
+
+
+def augmentation_table(aug: Mapping[str, Any]) -> pd.DataFrame:
+    """The augmentation settings in force, per view: probabilities, strengths, crop and blur ranges."""
+    shared = [("image size", aug["image_size"]),
+              ("random resized crop: area", aug["crop"]["area"]), ("random resized crop: aspect ratio",
+                                                                   [round(r, 3) for r in aug["crop"]["ratio"]]),
+              ("blur sigma range", aug["blur"]["sigma"])]
+    rows = [{"setting": name, "view 1": str(value), "view 2": str(value)} for name, value in shared]
+    rows += [{"setting": label, "view 1": aug["view1"][key], "view 2": aug["view2"][key]}
+             for key, label in AUGMENT_ROWS]
+    return pd.DataFrame(rows)
+
+
+def conversion_table(extracted: Mapping[str, np.ndarray], converted: Mapping[str, np.ndarray], arch: str,
+                     width: int = 64) -> pd.DataFrame:
+    """Each backbone tensor's ``paddle.vision`` and PaddleClas names, shape, and whether the values are identical."""
+    return pd.DataFrame([{"paddle.vision": source, "PaddleClas": target, "shape": list(shape),
+                          "identical": bool(np.array_equal(extracted[source], converted[target]))}
+                         for source, target, shape in backbone_layout(arch, width)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+def plot_pretrain_curves(metrics: Sequence[Mapping[str, Any]], out_dim: int | None = None, title: str = "") -> Figure:
+    """Loss, lr, tau, online-probe accuracy, the collapse monitor and throughput against the step.
+
+    The z-std panel marks 1/sqrt(out_dim), its value for projections spread evenly over the sphere; 0 is collapse.
+    """
+    if not metrics:
+        raise ValueError("no metrics to plot (metrics.jsonl is empty)")
+    frame = pd.DataFrame(list(metrics))
+    fig = Figure(figsize=(12, 6.5), layout="constrained")
+    for ax, (name, keys) in zip(fig.subplots(2, 3).ravel(), CURVE_PANELS, strict=True):
+        for key in keys:
+            if key in frame:
+                ax.plot(frame["step"], frame[key], label=key, lw=1.2)
+        if name.startswith("collapse") and out_dim:
+            ax.axhline(1 / math.sqrt(out_dim), ls="--", color="gray", lw=1, label="1/sqrt(dim): spread")
+            ax.axhline(0.0, ls=":", color="red", lw=1, label="0: collapsed")
+        if len(ax.get_lines()) > 1:
+            ax.legend(fontsize=7)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def plot_run_curves(folder: str | Path) -> Figure | None:
+    """``plot_pretrain_curves`` of a pretraining run folder, titled with its run id and figures (None: no metrics)."""
+    folder = Path(folder)
+    metrics = read_metrics(folder)
+    if not metrics:
+        return None
+    summary, cfg = registry.read_run(folder)
+    out_dim = (cfg.get("model", {}).get("neck") or {}).get("out_channels")
+    title = (f"{folder.name}: {summary.get('dataset', '?')}, {summary.get('backbone', '?')}, "
+             f"{summary.get('epochs', '?')} epochs, global batch {summary.get('global_batch', '?')}, "
+             f"{summary.get('world_size', '?')} x {summary.get('device', '?')} ({summary.get('status', '?')})")
+    return plot_pretrain_curves(metrics, out_dim, title)
+
+
+def plot_linear_curves(metrics: Sequence[Mapping[str, Any]], title: str = "") -> Figure:
+    """Per-epoch curves of a linear evaluation: one line per learning rate for per-lr figures."""
+    keys = [k for k in metrics[0] if k not in ("epoch", "lr", "seconds")] if metrics else []
+    if not keys:
+        raise ValueError("no per-epoch figures to plot (metrics.jsonl is empty)")
+    fig = Figure(figsize=(5 * len(keys), 3.6), layout="constrained")
+    epochs = [row["epoch"] for row in metrics]
+    for ax, key in zip(np.atleast_1d(fig.subplots(1, len(keys))), keys, strict=True):
+        if isinstance(metrics[0][key], Mapping):
+            for lr in metrics[0][key]:
+                ax.plot(epochs, [row[key][lr] for row in metrics], label=f"lr {float(lr):g}", lw=1.2)
+            ax.legend(fontsize=7)
+        else:
+            ax.plot(epochs, [row[key] for row in metrics], lw=1.2)
+        ax.set_title(key, fontsize=10)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def _grouped_bars(ax: Any, categories: Sequence[str], series: Mapping[str, Sequence[float]],
+                  errors: Mapping[str, Sequence[float]] | None = None, horizontal: bool = False) -> None:
+    width = 0.8 / max(len(series), 1)
+    positions = np.arange(len(categories))
+    for i, (name, values) in enumerate(series.items()):
+        offset = positions + (i - (len(series) - 1) / 2) * width
+        err = None if errors is None else np.asarray(errors[name], dtype=float)
+        err = None if err is None or np.isnan(err).all() else np.nan_to_num(err)
+        if horizontal:
+            ax.barh(offset, values, height=width, xerr=err, label=name, capsize=3)
+        else:
+            ax.bar(offset, values, width=width, yerr=err, label=name, capsize=3)
+    if horizontal:
+        ax.set_yticks(positions, categories, fontsize=8)
+        ax.invert_yaxis()
+    else:
+        ax.set_xticks(positions, categories, fontsize=8)
+    ax.legend(fontsize=8)
+
+
+def plot_eval_results(runs: pd.DataFrame, max_setups: int = 4) -> Figure | None:
+    """Offline linear and kNN top-1 (mean ± std over seeds), pretrained beside random init, per setup."""
+    table = seed_table(runs)
+    table = table[table["evaluation"].isin((registry.LINEAR, registry.KNN)) & table["variant"].isin(NOT_ABLATIONS)]
+    if table.empty:
+        return None
+    setup_keys = ["dataset", "backbone", "protocol"]
+    setups = list(table.groupby(setup_keys, dropna=False, sort=True))[:max_setups]
+    fig = Figure(figsize=(6 * len(setups), 3.8), layout="constrained")
+    for ax, (key, group) in zip(np.atleast_1d(fig.subplots(1, len(setups))), setups, strict=True):
+        group = group.assign(what=[e if pd.isna(k) else f"{e} k={k}" for e, k in zip(group["evaluation"],
+                                                                                      group["knn_k"], strict=True)])
+        categories = sorted(group["what"].unique(), key=lambda w: (w.startswith("kNN"), len(w), w))
+        series, errors = {}, {}
+        for variant, rows in group.groupby("variant", sort=True):
+            label = "pretrained (BYOL)" if variant == registry.BASELINE else variant
+            by_what = rows.groupby("what")
+            series[label] = [by_what["top1"].mean().get(c, np.nan) for c in categories]
+            errors[label] = [by_what["top1_std"].mean().get(c, np.nan) for c in categories]
+        _grouped_bars(ax, categories, series, errors)
+        ax.set_ylabel("top-1 (%)")
+        ax.set_title(" / ".join(str(k) for k in key), fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def plot_ablation(table: pd.DataFrame) -> Figure | None:
+    """Measured top-1 delta vs the paper's delta for each variant, side by side."""
+    if table.empty:
+        return None
+    categories = [f"{row.label} ({row.evaluation})" for row in table.itertuples()]
+    fig = Figure(figsize=(9, 1.2 + 0.45 * len(categories)), layout="constrained")
+    ax = fig.subplots()
+    _grouped_bars(ax, categories, {"measured (this project)": table["measured_delta"].tolist(),
+                                   "paper": table["paper_delta"].tolist()}, horizontal=True)
+    ax.axvline(0.0, color="black", lw=0.8)
+    ax.set_xlabel("top-1 change vs baseline (percentage points)")
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def plot_throughput(runs: pd.DataFrame) -> Figure | None:
+    """Pretraining images/s per run, labelled with its processes and device."""
+    rows = runs[(runs["evaluation"] == registry.ONLINE) & runs["images_per_s"].notna()].drop_duplicates("run_id")
+    if rows.empty:
+        return None
+    labels = [f"{r.run_id}\n{r.world_size} x {r.device}, batch {r.global_batch}" for r in rows.itertuples()]
+    fig = Figure(figsize=(9, 1.2 + 0.5 * len(labels)), layout="constrained")
+    ax = fig.subplots()
+    ax.barh(np.arange(len(labels)), rows["images_per_s"], color="tab:green")
+    ax.set_yticks(np.arange(len(labels)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("pretraining images / s (whole run)")
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def plot_image(image: np.ndarray, title: str = "") -> Figure:
+    """One image, no axes."""
+    fig = Figure(figsize=(4, 4 * image.shape[0] / image.shape[1]), layout="constrained")
+    ax = fig.subplots()
+    ax.imshow(image)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig
