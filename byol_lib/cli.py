@@ -120,6 +120,7 @@ def add_reproduce_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus", default=None, help="GPU ids, e.g. 0,1,2,3 (launches one process per GPU)")
     parser.add_argument("--nproc", type=int, default=None, help="CPU processes for pretraining")
     parser.add_argument("--output-dir", default="results")
+    parser.add_argument("--report", default="reports/report.html", help="the HTML report ('' for none)")
     parser.add_argument("-o", "--override", action="append", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override a pretraining config key")
     parser.add_argument("--linear-override", action="append", nargs="+", default=[], metavar="KEY=VALUE",
@@ -129,14 +130,16 @@ def add_reproduce_arguments(parser: argparse.ArgumentParser) -> None:
 def run_reproduce(args: argparse.Namespace) -> int:
     from byol_lib.data.datasets import DatasetError
     from byol_lib.export import ExportError
+    from byol_lib.notebook import NotebookError
     from byol_lib.pipeline import reproduce
 
     try:
         runs = reproduce(args.profile, data=args.data, seeds=args.seeds, gpus=args.gpus, nproc=args.nproc,
                          output_dir=args.output_dir,
                          pretrain_overrides=[o for group in args.override for o in group],
-                         linear_overrides=[o for group in args.linear_override for o in group])
-    except (ConfigError, DatasetError, ExportError, RuntimeError) as err:
+                         linear_overrides=[o for group in args.linear_override for o in group],
+                         report=args.report or None)
+    except (ConfigError, DatasetError, ExportError, NotebookError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print("linear evaluation runs: " + ", ".join(str(r) for r in runs), flush=True)

@@ -18,6 +18,7 @@ from byol_lib.config import ConfigError, load_config
 from byol_lib.distributed import launch_pretrain
 from byol_lib.export import convert_file, extract_file
 from byol_lib.linear import run_linear_eval
+from byol_lib.notebook import build_report
 from byol_lib.results import read_summary, repo_root
 from byol_lib.train import pretrain
 
@@ -73,8 +74,9 @@ def _pretrain(config: Path, overrides: list[str], nproc: int | None, gpus: str |
 
 def reproduce(profile_name: str = "default", data: str | None = None, seeds: Sequence[int] = (0,),
               gpus: str | None = None, nproc: int | None = None, output_dir: str | Path = "results",
-              pretrain_overrides: Sequence[str] = (), linear_overrides: Sequence[str] = ()) -> list[Path]:
-    """Run the profile's steps for every seed; return the linear-evaluation run folders."""
+              pretrain_overrides: Sequence[str] = (), linear_overrides: Sequence[str] = (),
+              report: str | Path | None = None) -> list[Path]:
+    """Run the profile's steps for every seed, then (with ``report``) write the HTML report; return the linear runs."""
     if profile_name not in PROFILES:
         raise ConfigError(f"unknown profile '{profile_name}'; choose one of {sorted(PROFILES)}")
     profile = PROFILES[profile_name]
@@ -109,4 +111,7 @@ def reproduce(profile_name: str = "default", data: str | None = None, seeds: Seq
         print(f"== {lin_id}: linear evaluation", flush=True)
         lin_cfg = load_config(root / profile.linear_config, [*lin_data, *common, *linear_overrides, f"run_id={lin_id}"])
         linear_runs.append(run_linear_eval(lin_cfg, pretrained=str(backbone)))
+    if report:
+        html = build_report(results_dir=output, output=Path(report))
+        print(f"== report: {html}", flush=True)
     return linear_runs

@@ -210,7 +210,8 @@ def pretrain(cfg: Config, resume: Path | None = None, verbose: bool = True) -> P
         final = rows[-1] if rows else {}
         steps_run = derived["total_steps"] - start_step
         results.write_json_atomic(run_dir / "summary.json", {
-            **summary, "status": "finished", "total_steps": derived["total_steps"], "epochs": cfg["epochs"],
+            **summary, "status": "finished", "evaluation": "online probe", "total_steps": derived["total_steps"],
+            "epochs": cfg["epochs"],
             "global_batch": derived["global_batch"], "seed": cfg["seed"],
             "dataset": cfg["dataloader"]["train"]["dataset"]["name"],
             "backbone": f"resnet{cfg['model']['backbone']['depth']}", "wall_time_s": wall,

@@ -20,7 +20,9 @@ TINY_LINEAR = ["epochs=2", "dataloader.train.dataset.num_images=300", "dataloade
 
 @pytest.mark.slow
 def test_default_profile_runs_end_to_end_and_skips_finished_steps(tmp_path: Path, capsys) -> None:
-    (linear,) = reproduce("default", output_dir=tmp_path, pretrain_overrides=TINY, linear_overrides=TINY_LINEAR)
+    (linear,) = reproduce("default", output_dir=tmp_path, pretrain_overrides=TINY, linear_overrides=TINY_LINEAR,
+                          report=tmp_path / "report.html")
+    assert "Reproduction gap" in (tmp_path / "report.html").read_text()
     summary = json.loads((linear / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["pretrained"].endswith("default-pretrain-s0/backbone.pdparams")
     assert (tmp_path / "default-pretrain-s0" / "backbone.pdparams").is_file()
