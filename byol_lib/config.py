@@ -98,6 +98,7 @@ PRETRAIN_DEFAULTS: Config = {
     },
     "log_config": {"name": "LogHook", "interval": 10},
     "checkpoint": {"name": "CheckpointHook", "by_epoch": True, "interval": 1, "keep": 2},
+    "knn_monitor": {"interval_epochs": 0.0, "k": 20, "temperature": 0.07, "num_train": 5000, "num_val": 1000},
     "custom_config": [],
 }
 
@@ -200,9 +201,11 @@ PRETRAIN = Schema(
         *_positive("epochs", "global_batch_size", "total_images", "model.backbone.width", "model.neck.hid_channels",
                    "model.neck.out_channels", "model.predictor.hid_channels", "model.predictor.out_channels",
                    "model.num_classes", "lr_scheduler.T_max", "optimizer.lars_coeff", "log_config.interval",
-                   "checkpoint.interval", "checkpoint.keep"),
+                   "checkpoint.interval", "checkpoint.keep", "knn_monitor.k", "knn_monitor.temperature",
+                   "knn_monitor.num_train", "knn_monitor.num_val"),
         *_non_negative("lr_scheduler.base_lr", "lr_scheduler.learning_rate", "lr_scheduler.start_lr",
                        "lr_scheduler.warmup_epochs", "lr_scheduler.warmup_steps", "optimizer.lars_weight_decay",
+                       "knn_monitor.interval_epochs",
                        "optimizer.epsilon"),
         ("model.target_decay_rate", lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
         ("optimizer.momentum", lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),

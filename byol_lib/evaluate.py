@@ -438,3 +438,25 @@ def _nearest(sims: np.ndarray, k: int) -> np.ndarray:
             idx[row] = cand[np.lexsort((cand, -sims[row, cand]))[:k]]
     order = np.argsort(-np.take_along_axis(sims, idx, axis=1), axis=1, kind="stable")
     return np.take_along_axis(idx, order, axis=1)
+
+
+class KnnMonitor:
+    """kNN top-1 of an encoder on fixed subsets of the train and val splits: a cheap monitor during pretraining."""
+
+    def __init__(self, dataset_cfg: Mapping[str, Any], aug: Mapping[str, Any], *, k: int, temperature: float,
+                 num_train: int, num_val: int, batch_size: int) -> None:
+        from byol_lib.data.datasets import build_dataset
+
+        def subset(count: int) -> dict[str, Any]:
+            given = dataset_cfg.get("num_images", 0)
+            return {**dataset_cfg, "num_images": min(count, given) if given else count}
+
+        self.train = build_dataset(subset(num_train), "train")
+        self.val = build_dataset(subset(num_val), "val")
+        self.aug, self.k, self.temperature, self.batch_size = aug, min(k, len(self.train)), temperature, batch_size
+
+    def __call__(self, encoder: paddle.nn.Layer) -> float:
+        train_x, train_y = compute_features(encoder, self.train, self.aug, batch_size=self.batch_size)
+        val_x, val_y = compute_features(encoder, self.val, self.aug, batch_size=self.batch_size)
+        return knn_eval(train_x, train_y, val_x, val_y, ks=(self.k,), temperature=self.temperature,
+                        num_classes=len(self.train.classes))[self.k]

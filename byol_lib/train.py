@@ -24,6 +24,7 @@ from byol_lib.data.augment import device_augment
 from byol_lib.data.datasets import build_dataset
 from byol_lib.data.loader import pretrain_loader
 from byol_lib.ema import update_target, weights
+from byol_lib.evaluate import KnnMonitor
 from byol_lib.model import BYOL, build_model
 from byol_lib.optim import LARS, lr_at, tau_at
 
@@ -146,6 +147,13 @@ def pretrain(cfg: Config, resume: Path | None = None, verbose: bool = True) -> P
 
     sched, aug = cfg["lr_scheduler"], cfg["augmentation"]
     every_ckpt, every_log = checkpoint_every(cfg), cfg["log_config"]["interval"]
+    knn_cfg = cfg["knn_monitor"]
+    every_knn = round(knn_cfg["interval_epochs"] * derived["steps_per_epoch"]) if knn_cfg["interval_epochs"] else 0
+    monitor = None
+    if every_knn and ctx.is_main:  # rank 0 measures while the others wait
+        monitor = KnnMonitor(cfg["dataloader"]["train"]["dataset"], aug, k=knn_cfg["k"],
+                             temperature=knn_cfg["temperature"], num_train=knn_cfg["num_train"],
+                             num_val=knn_cfg["num_val"], batch_size=derived["per_device_batch"])
     progress = Progress(derived["total_steps"], start_step, verbose and ctx.is_main)
     sums: dict[str, float] = {}
     window_start, window_steps, run_start = time.perf_counter(), 0, time.perf_counter()
@@ -183,6 +191,17 @@ def pretrain(cfg: Config, resume: Path | None = None, verbose: bool = True) -> P
                     metrics.append(row)
                 sums, window_steps, window_start = {}, 0, time.perf_counter()
             progress.update(1, row)
+            if every_knn and (done % every_knn == 0 or done == derived["total_steps"]):
+                if monitor is not None:
+                    measured_at = time.perf_counter()
+                    knn = {"step": done, "epoch": done / derived["steps_per_epoch"],
+                           "knn_top1": monitor(model.online.encoder)}
+                    window_start += time.perf_counter() - measured_at  # not part of the training throughput
+                    if metrics is not None:
+                        metrics.append(knn)
+                    if verbose:
+                        print(f"step {done:>7d}  kNN top-1 (k={monitor.k}) {knn['knn_top1']:.4f}", flush=True)
+                distributed.barrier(ctx)
             if done % every_ckpt == 0 or done == derived["total_steps"]:
                 finite = distributed.mean_over_ranks({"finite": float(all_finite(model))}, ctx)["finite"] == 1.0
                 if not finite:  # every rank agrees, so every rank stops

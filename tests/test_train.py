@@ -125,3 +125,10 @@ def test_named_run_is_reused_when_finished_and_guarded_against_other_configs(tmp
     assert (run / "summary.json").read_text() == before
     with pytest.raises(ConfigError, match="different config"):
         pretrain(load_config(TINY_CONFIG, [f"output_dir={tmp_path}", "run_id=named", "seed=1"]), verbose=False)
+
+
+def test_knn_monitor_logs_during_pretraining(tmp_path: Path) -> None:
+    cfg = load_config(TINY_CONFIG, [f"output_dir={tmp_path}", "knn_monitor.interval_epochs=1", "knn_monitor.k=5"])
+    rows = read_metrics(pretrain(cfg, verbose=False))
+    knn = [r for r in rows if "knn_top1" in r]
+    assert [r["step"] for r in knn] == [4, 8] and all(0.0 <= r["knn_top1"] <= 1.0 for r in knn)
