@@ -88,34 +88,47 @@ def test_synthetic_colour_carries_no_class_information(default_sets: dict[str, n
     assert (between / within).max() < 3.5
 
 
-def test_synthetic_shape_stands_out_from_background(default_sets: dict[str, np.ndarray]) -> None:
-    x = default_sets["val_x"].astype(np.float64) / 255.0
-    luma = x @ LUMA  # (N, 32, 32)
-    border = np.concatenate([luma[:, 0], luma[:, -1], luma[:, :, 0], luma[:, :, -1]], axis=1)
-    background = np.median(border, axis=1)[:, None, None]
-    foreground_share = (np.abs(luma - background) > 0.15).mean(axis=(1, 2))
-    assert foreground_share.min() > 0.04
-    assert foreground_share.max() < 0.75
-    assert np.median(foreground_share) > 0.15
+def test_synthetic_pattern_fills_every_crop(default_sets: dict[str, np.ndarray]) -> None:
+    """Every 9x9 window (the smallest BYOL crop, 8% of the area) holds both colours of the pattern."""
+    luma = (default_sets["val_x"].astype(np.float64) / 255.0) @ LUMA  # (N, 32, 32)
+    windows = np.lib.stride_tricks.sliding_window_view(luma, (9, 9), axis=(1, 2))  # (N, 24, 24, 9, 9)
+    spread = windows.max(axis=(3, 4)) - windows.min(axis=(3, 4))
+    assert spread.min() > 0.2  # colours differ by >= 0.3 in luma; gradient and noise alone give < 0.15
 
 
 @pytest.mark.parametrize(
-    ("name", "area"),
+    ("name", "coverage"),
     [
-        ("disk", np.pi * 0.85**2),
-        ("square", 1.36**2),
-        ("triangle", 3 * np.sqrt(3) / 4),  # equilateral, circumradius 1
-        ("plus", 2 * 0.6 * 1.8 - 0.6**2),
-        ("ring", np.pi * (0.9**2 - 0.5**2)),
-        ("star", 5 * 1.0 * 0.45 * np.sin(np.pi / 5)),  # 5-point star polygon, radii 1 and 0.45
-        ("bars", 3 * 1.7 * 0.34),
+        ("horizontal stripes", 0.5),
+        ("vertical stripes", 0.5),
+        ("diagonal stripes", 0.5),
+        ("checkerboard", 0.5),
+        ("dots", np.pi * 0.3**2),
+        ("rings", 0.5),
+        ("zigzag", 0.5),
+        ("grid", 1 - 0.8**2),
+        ("crosshatch", 1 - (1 - 0.2 / 1.2) ** 2),
+        ("bricks", 1 - 0.8 * 0.9),
     ],
 )
-def test_shape_masks_have_their_geometric_area(name: str, area: float) -> None:
-    coords = (np.arange(800) + 0.5) / 400 - 1.0  # cell area (2/800)^2
+def test_pattern_masks_have_their_coverage(name: str, coverage: float) -> None:
+    """Foreground share of each pattern over 12 x 12 periods around its origin."""
+    coords = (np.arange(1200) + 0.5) / 100 - 6.0
     v, u = np.meshgrid(coords, coords, indexing="ij")
-    mask = synthetic.SHAPES[synthetic.SHAPE_NAMES.index(name)](u, v)
-    assert mask.sum() * (2 / 800) ** 2 == pytest.approx(area, rel=0.01)
+    mask = synthetic.PATTERNS[synthetic.SHAPE_NAMES.index(name)](u, v)
+    assert mask.mean() == pytest.approx(coverage, rel=0.01)
+
+
+def test_stripe_orientations() -> None:
+    """Untilted, horizontal stripes are constant along rows, vertical ones along columns and
+    diagonal ones along anti-diagonals (``v`` points down the image)."""
+    coords = (np.arange(64) + 0.5) / 16
+    v, u = np.meshgrid(coords, coords, indexing="ij")
+    horizontal, vertical, diagonal = (synthetic.PATTERNS[i](u, v) for i in range(3))
+    assert synthetic.SHAPE_NAMES[:3] == ("horizontal stripes", "vertical stripes", "diagonal stripes")
+    assert (horizontal == horizontal[:, :1]).all() and not (horizontal == horizontal[:1, :]).all()
+    assert (vertical == vertical[:1, :]).all() and not (vertical == vertical[:, :1]).all()
+    assert (diagonal[1:, :-1] == diagonal[:-1, 1:]).all() and not (diagonal == diagonal[:, :1]).all()
 
 
 def test_synthetic_cache_is_reused(_cache_in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
