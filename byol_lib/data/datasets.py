@@ -79,7 +79,7 @@ def subset_indices(total: int, num_images: int, seed: int) -> np.ndarray:
 
 
 class SyntheticDataset(ImageDataset):
-    """The generated shapes dataset of :mod:`byol_lib.data.synthetic` (cached on disk)."""
+    """The generated patterns dataset of :mod:`byol_lib.data.synthetic` (cached on disk)."""
 
     def __init__(self, split: str, seed: int = 0, count: int = 0, size: int = 32) -> None:
         count = count or synthetic.DEFAULT_COUNTS[split]

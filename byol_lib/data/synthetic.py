@@ -12,7 +12,7 @@ and pixel noise. Patterns are anti-aliased by 4x4 supersampling.
 Why. BYOL (reference §4, §7.3) learns what two augmented views of one image share. The class must
 therefore be visible in every view: BYOL's random crops keep down to 8% of the area (9x9 px here),
 which often cuts a single global shape away, but always holds a period or more of a pattern that
-covers the image. The class survives crops, flips (every class is its own mirror image), blur and
+covers the image. The class survives crops, flips (a mirrored pattern stays in its class), blur and
 colour changes, and nothing else predicts it: the colours are image-specific and carry no class
 information. Two crops of the same image share its colours, so without colour augmentation a
 network can match the views on colour alone -- the shortcut the paper's colour ablation (72.5 ->
