@@ -6,8 +6,8 @@
    clip, normalise) against a Python loop doing the same per image (PASSL's approach: a horizontal and
    a vertical conv call per image), in the same run, on views of matplotlib's sample photo drawn by
    ``ViewSampler``. The two paths are checked to agree before timing. Run twice: with view-1 parameters
-   (blur always on) and view-2 parameters (blur on ~10 % of images; the loop skips the others, the batched
-   path always convolves and then selects).
+   (blur always on) and view-2 parameters (blur on ~10 % of images; the loop skips the others, and so does
+   the batched path on the CPU: it gathers the images to blur, convolves them, scatters them back).
 2. ``pretrain_loader`` on the embedded Synthetic dataset at 32 px with 0 and 2 workers: one image = its
    two views (CPU part of the pipeline, no device ops); the first batch (worker start-up) is not timed.
 

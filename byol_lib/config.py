@@ -50,7 +50,8 @@ def _dataset_defaults(dataroot: str, num_workers: int, batch_size: int, drop_las
     }
 
 
-_RUN_DEFAULTS: Config = {"seed": 0, "device": "auto", "output_dir": "results", "run_id": "", "global_batch_size": None}
+_RUN_DEFAULTS: Config = {"seed": 0, "device": "auto", "cpu_kernels": "auto", "output_dir": "results", "run_id": "",
+                         "global_batch_size": None}
 _BACKBONE_DEFAULTS: Config = {"name": "ResNet", "depth": 50, "stem": "imagenet", "width": 64, "with_pool": True,
                               "num_classes": 0, "zero_init_residual": False}
 _MLP_DEFAULTS: Config = {"name": "NonLinearNeckV2", "in_channels": None, "hid_channels": 4096, "out_channels": 256,
@@ -168,7 +169,8 @@ _HOOKS_CHECK: _Check = (
 
 _MODEL_CHOICES = {"model.backbone.name": ("ResNet",), "model.backbone.depth": (18, 34, 50),
                   "model.backbone.stem": ("imagenet", "cifar"), "model.backbone.with_pool": (True,),
-                  "model.backbone.num_classes": (0,), "device": ("auto", "cpu", "gpu")}
+                  "model.backbone.num_classes": (0,), "device": ("auto", "cpu", "gpu"),
+                  "cpu_kernels": ("auto", "blas", "paddle")}
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import paddle
 
-from byol_lib import distributed, results
+from byol_lib import distributed, fast, results
 from byol_lib.config import Config, ConfigError
 from byol_lib.data.datasets import build_dataset
 from byol_lib.evaluate import LinearEvalSettings, compute_features, evaluate_head, knn_eval, linear_eval
@@ -142,6 +142,7 @@ def run_linear_eval(cfg: Config, pretrained: str | None = None, load: Path | Non
                     evaluate_only: bool = False, verbose: bool = True) -> Path:
     """Linear evaluation (or evaluation of a saved classifier) for a validated classification config."""
     ctx = distributed.init(cfg["device"])
+    fast.set_cpu_kernels(cfg["cpu_kernels"])
     pretrained = pretrained or cfg["model"]["backbone"]["pretrained"] or None
     if evaluate_only and load is None:
         raise ConfigError("--evaluate-only needs --load CLASSIFIER_WEIGHTS (a saved classifier.pdparams)")

@@ -8,6 +8,11 @@ Initialisation follows the JAX release (Haiku defaults): convolutions variance-s
 a truncated normal, linear layers a truncated normal with std 1/sqrt(fan_in), zero biases, BN
 scale 1 / offset 0 (the last BN of a block 0 only with ``zero_init_residual``). BN: momentum 0.9,
 eps 1e-5 as in JAX and PASSL.
+
+On the CPU (float32 batches, when ``byol_lib.fast.use_blas`` says so) the encoder runs in CNHW layout
+(channels first, then the batch): convolutions through numpy's BLAS, BatchNorm on the ``[1, C, N*H, W]``
+view, max-pool per plane; same weights, same arithmetic up to float32 summation order. Elsewhere (GPU,
+small CPU batches, or the config key ``cpu_kernels: paddle``) it is Paddle's NCHW layers as usual.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from byol_lib import fast
 from byol_lib.ema import copy_parameters, weights
 from byol_lib.loss import byol_loss, l2_normalize
 
@@ -45,6 +51,24 @@ def batch_norm(channels: int, zero_scale: bool = False) -> nn.BatchNorm2D:
                           weight_attr=paddle.ParamAttr(initializer=scale))
 
 
+def _conv(layer: nn.Conv2D, x: paddle.Tensor, cnhw: bool) -> paddle.Tensor:
+    """``layer(x)``, or the same convolution of a CNHW ``x`` through the numpy-BLAS kernel."""
+    if not cnhw:
+        return layer(x)
+    return fast.conv2d_cnhw(x, layer.weight, layer._stride[0], layer._padding)
+
+
+def _bn(layer: nn.BatchNorm2D, x: paddle.Tensor, cnhw: bool) -> paddle.Tensor:
+    """``layer(x)``, or the same train/eval-mode BatchNorm of a CNHW ``x`` (statistics over N, H, W)."""
+    if not cnhw:
+        return layer(x)
+    c, n, h, w = x.shape
+    out = F.batch_norm(x.reshape([1, c, n * h, w]), layer._mean, layer._variance, weight=layer.weight,
+                       bias=layer.bias, training=layer.training, momentum=layer._momentum, epsilon=layer._epsilon,
+                       use_global_stats=layer._use_global_stats)
+    return out.reshape([c, n, h, w])
+
+
 def linear(cin: int, cout: int, bias: bool = True) -> nn.Linear:
     return nn.Linear(cin, cout,
                      weight_attr=paddle.ParamAttr(initializer=_truncated_normal(1.0 / math.sqrt(cin))),
@@ -63,10 +87,10 @@ class BasicBlock(nn.Layer):
         self.conv2, self.bn2 = conv(width, cout, 3), batch_norm(cout, zero_init_residual)
         self.downsample = _shortcut(cin, cout, stride)
 
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+    def forward(self, x: paddle.Tensor, cnhw: bool = False) -> paddle.Tensor:
+        out = F.relu(_bn(self.bn1, _conv(self.conv1, x, cnhw), cnhw))
+        out = _bn(self.bn2, _conv(self.conv2, out, cnhw), cnhw)
+        return F.relu(out + _shortcut_forward(self.downsample, x, cnhw))
 
 
 class Bottleneck(nn.Layer):
@@ -82,17 +106,23 @@ class Bottleneck(nn.Layer):
         self.conv3, self.bn3 = conv(width, cout, 1), batch_norm(cout, zero_init_residual)
         self.downsample = _shortcut(cin, cout, stride)
 
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+    def forward(self, x: paddle.Tensor, cnhw: bool = False) -> paddle.Tensor:
+        out = F.relu(_bn(self.bn1, _conv(self.conv1, x, cnhw), cnhw))
+        out = F.relu(_bn(self.bn2, _conv(self.conv2, out, cnhw), cnhw))
+        out = _bn(self.bn3, _conv(self.conv3, out, cnhw), cnhw)
+        return F.relu(out + _shortcut_forward(self.downsample, x, cnhw))
 
 
 def _shortcut(cin: int, cout: int, stride: int) -> nn.Sequential | None:
     if stride == 1 and cin == cout:
         return None
     return nn.Sequential(conv(cin, cout, 1, stride), batch_norm(cout))
+
+
+def _shortcut_forward(downsample: nn.Sequential | None, x: paddle.Tensor, cnhw: bool) -> paddle.Tensor:
+    if downsample is None:
+        return x
+    return _bn(downsample[1], _conv(downsample[0], x, cnhw), cnhw)
 
 
 class ResNet(nn.Layer):
@@ -120,9 +150,14 @@ class ResNet(nn.Layer):
         self.out_channels = cin
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return x.mean(axis=[2, 3])
+        cnhw = fast.use_blas(x, self.conv1.weight.shape[0])
+        if cnhw:  # a [C, N, H, W] tensor is a valid NCHW input of the (per-plane) max-pool
+            x = x.transpose([1, 0, 2, 3])
+        x = self.maxpool(F.relu(_bn(self.bn1, _conv(self.conv1, x, cnhw), cnhw)))
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in stage:
+                x = block(x, cnhw)
+        return x.mean(axis=[2, 3]).t() if cnhw else x.mean(axis=[2, 3])
 
 
 class MLP(nn.Layer):

@@ -5,10 +5,22 @@ warning whenever ``OMP_NUM_THREADS`` > 1 and otherwise pins ``OMP_NUM_THREADS=1`
 then runs on one core). ``configure()`` imports Paddle quietly and sets the intra-op thread count
 through ``paddle.base.core.set_num_threads`` instead: every core by default, shared evenly between
 the processes of a local multi-process launch. It never overrides a value the user set.
+
+numpy's OpenBLAS (the GEMMs of ``byol_lib.fast``) gets the same count in this process through its
+``*_set_num_threads`` entry point, and one thread in forked children (DataLoader workers), as
+``OPENBLAS_NUM_THREADS=1`` gives spawned ones, unless the user set ``OPENBLAS_NUM_THREADS``.
+
+glibc serves every block above 32 MB with a fresh ``mmap`` and unmaps it on free, so each training step
+re-faults its large activations and im2col buffers page by page (gigabytes per step at batch 128; on a
+2-core VM that costs about a third of a width-64 step). ``configure()`` therefore makes glibc keep freed
+memory for reuse (``mallopt``: no mmap, no trimming; the same as ``MALLOC_MMAP_MAX_=0
+MALLOC_TRIM_THRESHOLD_=<huge>``): RSS then stays at its peak instead of shrinking between steps.
+``BYOL_MALLOC_TUNING=0``, or any ``MALLOC_*``/``GLIBC_TUNABLES`` setting of the user's, leaves glibc alone.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import warnings
@@ -25,6 +37,8 @@ _NOISY_WARNINGS = (
     "When training, we now always track global mean and variance",
 )
 _configured_threads: int | None = None
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
+_OPENBLAS_SUFFIXES = ("64_", "_64_", "")  # scipy-openblas (numpy wheels) ILP64 names, then plain OpenBLAS
 
 
 def available_cores() -> int:
@@ -53,11 +67,60 @@ def wanted_threads() -> int:
     return max(1, available_cores() // local_processes())
 
 
+def _openblas() -> tuple[ctypes.CDLL, str] | None:
+    """The OpenBLAS loaded in this process (numpy's) and its symbol prefix/suffix, or None."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.rsplit("/", 1)[-1].lower()}
+    except OSError:  # pragma: no cover - non-Linux
+        return None
+    for path in sorted(paths):
+        lib = ctypes.CDLL(path)
+        for prefix in ("scipy_openblas", "openblas"):
+            for suffix in _OPENBLAS_SUFFIXES:
+                name = f"{prefix}_%s_num_threads{suffix}"
+                if hasattr(lib, name % "set") and hasattr(lib, name % "get"):
+                    return lib, name
+    return None
+
+
+def set_blas_threads(threads: int) -> None:
+    """Threads of numpy's OpenBLAS in this process (no-op when numpy uses another BLAS)."""
+    found = _openblas()
+    if found is not None:
+        lib, name = found
+        getattr(lib, name % "set")(ctypes.c_int(threads))
+
+
+def blas_threads() -> int | None:
+    """Threads of numpy's OpenBLAS in this process, None when numpy uses another BLAS."""
+    found = _openblas()
+    if found is None:
+        return None
+    lib, name = found
+    return int(getattr(lib, name % "get")())
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to reuse freed memory instead of unmapping/trimming it; False when not done (see module doc)."""
+    if os.environ.get("BYOL_MALLOC_TUNING", "1") == "0" or "GLIBC_TUNABLES" in os.environ or any(
+            key.startswith("MALLOC_") for key in os.environ):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # pragma: no cover - not glibc
+        return False
+    if not hasattr(libc, "mallopt"):  # pragma: no cover
+        return False
+    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(2**31 - 1)))
+
+
 def configure() -> int:
     """Silence Paddle's import-time noise, import it, set its thread count; return that count."""
     global _configured_threads
     if _configured_threads is not None:
         return _configured_threads
+    user_blas = "OPENBLAS_NUM_THREADS" in os.environ
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     for message in _NOISY_WARNINGS:
@@ -65,6 +128,7 @@ def configure() -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # multi-node rendezvous requests
+    keep_freed_memory()
     threads = wanted_threads()
     user_omp = os.environ.pop("OMP_NUM_THREADS", None)  # avoids Paddle's import-time warning
     import paddle
@@ -74,6 +138,9 @@ def configure() -> int:
     else:
         os.environ["OMP_NUM_THREADS"] = user_omp
     paddle.base.core.set_num_threads(threads)
+    if not user_blas:
+        set_blas_threads(threads)
+        os.register_at_fork(after_in_child=lambda: set_blas_threads(1))
     _configured_threads = threads
     return threads
 

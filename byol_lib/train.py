@@ -17,7 +17,7 @@ from typing import Any
 import paddle
 import paddle.nn as nn
 
-from byol_lib import distributed, results
+from byol_lib import distributed, fast, results
 from byol_lib.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from byol_lib.config import Config, ConfigError, resolve
 from byol_lib.data.augment import device_augment
@@ -107,6 +107,7 @@ class Progress:
 def pretrain(cfg: Config, resume: Path | None = None, verbose: bool = True) -> Path:
     """Run (or resume) BYOL pretraining for a validated config; return the run folder."""
     ctx = distributed.init(cfg["device"])
+    fast.set_cpu_kernels(cfg["cpu_kernels"])
     images = build_dataset(cfg["dataloader"]["train"]["dataset"], "train")
     cfg = resolve(cfg, ctx.world_size, len(images), len(images.classes))
     cfg["derived"]["classes"] = list(images.classes)

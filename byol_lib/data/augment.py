@@ -346,6 +346,18 @@ def blur_kernels(sigmas: paddle.Tensor, taps: int) -> paddle.Tensor:
     return kernels / kernels.sum(axis=1, keepdim=True)
 
 
+def _blur(x: paddle.Tensor, params: paddle.Tensor, aug: Mapping[str, Any]) -> paddle.Tensor:
+    """Every image of ``x [N,3,S,S]`` blurred with its sigma(s): two depthwise passes over all ``N*3`` channels."""
+    n, c, h, w = x.shape
+    taps = blur_taps(h, aug["blur"]["kernel_fraction"])
+    radius = taps // 2
+    kernels = blur_kernels(params[:, 2:], taps).repeat_interleave(c, axis=0)
+    y = x.reshape([1, n * c, h, w])
+    y = F.conv2d(y, kernels.reshape([n * c, 1, 1, taps]), padding=[0, radius], groups=n * c)
+    y = F.conv2d(y, kernels.reshape([n * c, 1, taps, 1]), padding=[radius, 0], groups=n * c)
+    return y.reshape([n, c, h, w])
+
+
 def device_augment(x: paddle.Tensor, params: paddle.Tensor, aug: Mapping[str, Any]) -> paddle.Tensor:
     """Blur, solarise, clip and normalise a batch ``x [N,3,S,S]`` with per-image ``params``.
 
@@ -360,16 +372,16 @@ def device_augment(x: paddle.Tensor, params: paddle.Tensor, aug: Mapping[str, An
         raise ValueError(
             f"expected x [N, 3, {size}, {size}] and params [N, {length}], got {x.shape} and {params.shape}"
         )
-    taps = blur_taps(h, aug["blur"]["kernel_fraction"])
-    radius = taps // 2
     params = params.astype(x.dtype)
-    kernels = blur_kernels(params[:, 2:], taps).repeat_interleave(c, axis=0)
-    y = x.reshape([1, n * c, h, w])
-    y = F.conv2d(y, kernels.reshape([n * c, 1, 1, taps]), padding=[0, radius], groups=n * c)
-    y = F.conv2d(y, kernels.reshape([n * c, 1, taps, 1]), padding=[radius, 0], groups=n * c)
-    y = y.reshape([n, c, h, w])
-    blur_on = (params[:, 0] > 0.5).reshape([n, 1, 1, 1])
-    y = paddle.where(blur_on, y, x)
+    blur_on = params[:, 0] > 0.5
+    if x.place.is_cpu_place():  # convolve only the images to blur (view 2: ~10 %); equal up to float rounding
+        chosen = paddle.nonzero(blur_on).flatten()
+        y = x
+        if chosen.shape[0] > 0:
+            blurred = _blur(paddle.gather(x, chosen), paddle.gather(params, chosen), aug)
+            y = paddle.scatter(x, chosen, blurred) if chosen.shape[0] < n else blurred
+    else:  # one fixed-shape pass on accelerators, no host synchronisation
+        y = paddle.where(blur_on.reshape([n, 1, 1, 1]), _blur(x, params, aug), x)
     solarize_on = (params[:, 1] > 0.5).reshape([n, 1, 1, 1])
     y = paddle.where(paddle.logical_and(solarize_on, y >= 0.5), 1.0 - y, y)
     return normalize(paddle.clip(y, 0.0, 1.0), aug)

@@ -1,0 +1,199 @@
+"""The numpy-BLAS CPU kernels (byol_lib.fast) compute what Paddle's kernels compute, and the runtime set-up."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+import pytest
+
+from byol_lib import fast, runtime
+from byol_lib.config import ConfigError, load_config, resolve
+from byol_lib.ema import update_target
+from byol_lib.model import ResNet, build_model
+from byol_lib.results import read_metrics
+from byol_lib.train import build_optimizer, pretrain
+from tests.conftest import TINY_CONFIG
+
+
+@pytest.fixture()
+def kernels() -> Iterator[None]:
+    """Restore the process-wide kernel switch after a test."""
+    before = fast.cpu_kernels()
+    yield
+    fast.set_cpu_kernels(before)
+
+
+def _close(got: np.ndarray, want: np.ndarray, rtol: float, name: str, floor: float = 1e-12) -> None:
+    """Relative to the largest magnitude (plus ``floor`` for tensors near 0): float32 GEMMs sum in another order."""
+    scale = float(np.abs(want).max()) + floor
+    assert float(np.abs(got - want).max()) <= rtol * scale, name
+
+
+@pytest.mark.parametrize(("cin", "cout", "size", "kernel", "stride"), [
+    (3, 8, 9, 3, 1), (5, 6, 8, 3, 2), (5, 6, 9, 3, 2), (4, 7, 8, 1, 2), (4, 4, 6, 1, 1), (3, 5, 11, 7, 2),
+])
+def test_conv_matches_paddle_forward_and_gradients(cin: int, cout: int, size: int, kernel: int,
+                                                   stride: int) -> None:
+    rng = np.random.default_rng(0)
+    x_np = rng.standard_normal((3, cin, size, size)).astype(np.float32)
+    w_np = rng.standard_normal((cout, cin, kernel, kernel)).astype(np.float32)
+    pad = kernel // 2
+    x, w = paddle.to_tensor(x_np, stop_gradient=False), paddle.to_tensor(w_np, stop_gradient=False)
+    y = F.conv2d(x, w, stride=stride, padding=pad)
+    g_np = rng.standard_normal(y.shape).astype(np.float32)
+    y.backward(paddle.to_tensor(g_np))
+
+    xc = paddle.to_tensor(x_np.transpose(1, 0, 2, 3).copy(), stop_gradient=False)
+    wc = paddle.to_tensor(w_np, stop_gradient=False)
+    yc = fast.conv2d_cnhw(xc, wc, stride, pad)
+    yc.backward(paddle.to_tensor(g_np.transpose(1, 0, 2, 3).copy()))
+
+    _close(yc.numpy().transpose(1, 0, 2, 3), y.numpy(), 1e-6, "output")
+    _close(wc.grad.numpy(), w.grad.numpy(), 1e-6, "weight gradient")
+    _close(xc.grad.numpy().transpose(1, 0, 2, 3), x.grad.numpy(), 1e-6, "input gradient")
+
+
+def test_conv_without_input_gradient_and_without_autograd() -> None:
+    x = paddle.randn([3, 2, 8, 8])  # an image batch: no input gradient wanted
+    w = paddle.randn([4, 3, 3, 3])
+    w.stop_gradient = False
+    out = fast.conv2d_cnhw(x, w, 1, 1)
+    out.sum().backward()
+    assert x.grad is None and w.grad is not None
+    with paddle.no_grad():
+        again = fast.conv2d_cnhw(x, w, 1, 1)
+    assert again.stop_gradient
+    np.testing.assert_array_equal(again.numpy(), out.numpy())
+
+
+@pytest.mark.parametrize("stem", ["cifar", "imagenet"])
+def test_encoder_matches_in_train_and_eval_mode(stem: str, kernels: None) -> None:
+    paddle.seed(1)
+    net = ResNet(18, stem, width=4)
+    twin = copy.deepcopy(net)
+    x = paddle.randn([4, 3, 32, 32])
+    for training in (True, False):
+        for layer in (net, twin):
+            layer.train() if training else layer.eval()
+        fast.set_cpu_kernels("paddle")
+        want = net(x)
+        fast.set_cpu_kernels("blas")
+        got = twin(x)
+        _close(got.numpy(), want.numpy(), 1e-5, f"features (training={training})")
+    for (name, a), b in zip(net.state_dict().items(), twin.state_dict().values(), strict=True):
+        _close(b.numpy(), a.numpy(), 1e-5, name)  # BN running statistics updated alike
+
+
+def test_auto_uses_blas_only_for_large_cpu_batches(kernels: None) -> None:
+    fast.set_cpu_kernels("auto")
+    assert fast.use_blas(paddle.zeros([128, 3, 32, 32]), 16)
+    assert not fast.use_blas(paddle.zeros([128, 3, 32, 32]), 8)  # the default preset: no gain measured
+    assert not fast.use_blas(paddle.zeros([32, 3, 16, 16]), 8)
+    assert not fast.use_blas(paddle.zeros([128, 3, 32, 32], dtype="float64"), 8)
+    fast.set_cpu_kernels("blas")
+    assert fast.use_blas(paddle.zeros([2, 3, 8, 8]), 8)
+    fast.set_cpu_kernels("paddle")
+    assert not fast.use_blas(paddle.zeros([128, 3, 32, 32]), 64)
+    with pytest.raises(ValueError, match="cpu kernels must be one of"):
+        fast.set_cpu_kernels("mkl")
+
+
+def _train(kernels: str, steps: int) -> tuple[list[float], dict[str, np.ndarray]]:
+    """``steps`` project training steps (model, LARS, EMA) on one fixed batch, from seed-0 weights."""
+    cfg = load_config(None, ["dataloader.train.dataset.name=Synthetic", "model.backbone.depth=18",
+                             "model.backbone.width=8", "model.backbone.stem=cifar", "model.neck.hid_channels=64",
+                             "model.neck.out_channels=16", "model.predictor.hid_channels=64",
+                             "model.predictor.out_channels=16"])
+    cfg = resolve(cfg, 1, 1000, 10)
+    paddle.seed(0)
+    model = build_model(cfg)
+    optimizer = build_optimizer(model, cfg)
+    rng = np.random.default_rng(0)
+    views = [paddle.to_tensor(rng.standard_normal((16, 3, 16, 16)).astype(np.float32)) for _ in range(2)]
+    labels = paddle.to_tensor(rng.integers(0, 10, 16))
+    fast.set_cpu_kernels(kernels)
+    losses = []
+    for step in range(steps):
+        out = model(views[0], views[1], labels)
+        out["loss"].backward()
+        optimizer.step(0.2 * (step + 1))
+        optimizer.clear_grad()
+        update_target(model.online, model.target, 0.99)
+        losses.append(float(out["loss"]))
+    return losses, {k: v.numpy() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize(("steps", "rtol"), [(1, 5e-5), (3, 5e-4)])
+def test_training_steps_match_the_paddle_kernels(steps: int, rtol: float, kernels: None) -> None:
+    """Same initial weights and batch: losses and every weight and BN statistic after the steps agree.
+
+    Float32 summation-order differences grow through LARS and BatchNorm (1e-5 after one step, 1e-4
+    after three at lr 0.2-0.6); biases feeding a BatchNorm have ~0 gradients, hence the 1e-3 floor.
+    """
+    want_losses, want = _train("paddle", steps)
+    got_losses, got = _train("blas", steps)
+    np.testing.assert_allclose(got_losses, want_losses, rtol=1e-5)
+    assert got.keys() == want.keys()
+    for key in want:
+        _close(got[key], want[key], rtol, key, floor=1e-3)
+
+
+def test_config_key_cpu_kernels_selects_the_kernels_of_a_run(tmp_path: Path, kernels: None) -> None:
+    """``cpu_kernels`` is validated, picks the kernels of a run, and leaves the run's numbers (nearly) unchanged."""
+    with pytest.raises(ConfigError, match="cpu_kernels"):
+        load_config(TINY_CONFIG, ["cpu_kernels=mkl"])
+    losses = {}
+    for choice in ("paddle", "blas"):
+        cfg = load_config(TINY_CONFIG, [f"output_dir={tmp_path / choice}", f"cpu_kernels={choice}", "epochs=1"])
+        run = pretrain(cfg, verbose=False)
+        assert fast.cpu_kernels() == choice
+        losses[choice] = [row["loss"] for row in read_metrics(run)]
+    np.testing.assert_allclose(losses["blas"], losses["paddle"], rtol=1e-4)
+
+
+_THREADS_PROBE = """
+import os
+import byol_lib
+from byol_lib import runtime
+threads = runtime.configure()
+pid = os.fork()
+if pid == 0:
+    print("child", runtime.blas_threads(), flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+print("parent", threads, runtime.blas_threads())
+"""
+
+
+def test_blas_threads_follow_the_configured_count_and_forked_children_use_one() -> None:
+    if runtime.blas_threads() is None:
+        pytest.skip("numpy is not linked against OpenBLAS")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    env["BYOL_NUM_THREADS"] = "2"
+    out = subprocess.run([sys.executable, "-c", _THREADS_PROBE], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["child", "1", "parent", "2", "2"]
+
+
+def test_user_openblas_threads_are_left_alone() -> None:
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "BYOL_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", _THREADS_PROBE], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out[-3:] == ["parent", "2", "1"]
+
+
+def test_blas_training_is_bitwise_reproducible(kernels: None) -> None:
+    """Aligned buffers: the same steps give the same bits (resume after a crash stays bit-identical)."""
+    first_losses, first = _train("blas", 2)
+    second_losses, second = _train("blas", 2)
+    assert first_losses == second_losses
+    for key in first:
+        np.testing.assert_array_equal(second[key], first[key], err_msg=key)
