@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-_VOLATILE_KEYS = ("run_id", "output_dir", "device")
+_VOLATILE_KEYS = ("run_id", "output_dir", "device", "variant", "grid")  # labels and places, not results
 
 
 def repo_root() -> Path:
