@@ -59,7 +59,7 @@ def ref_row(refs: pd.DataFrame, group: str, variant: str) -> dict:
 def test_references_have_a_source_and_an_evaluation_type(refs: pd.DataFrame) -> None:
     assert list(refs.columns) == list(report.REFERENCE_COLUMNS)
     assert refs["source"].notna().all() and set(refs["evaluation"]) == {"offline linear"}
-    assert set(refs["group"]) == {"headline", "augmentation", "tau", "batch"}
+    assert set(refs["group"]) == {"headline", "augmentation", "tau", "batch", "passl"}
     assert not refs.duplicated(["group", "label"]).any()
     headline = refs[refs["group"] == "headline"].set_index("label")
     assert headline.loc["paper, 300 epochs", ["top1", "top5", "epochs", "seeds"]].tolist() == [72.5, 90.8, 300, 3]
