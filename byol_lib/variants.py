@@ -21,7 +21,7 @@ be keys of the pretraining schema; the runner's own keys (seed, run id, output f
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,17 +60,6 @@ class Grid:
     linear: Path
     variants: tuple[Variant, ...]
     source: Path
-
-    def select(self, names: Iterable[str] | None = None) -> list[Variant]:
-        """The named variants (all if ``names`` is None), in file order; an unknown name is an error."""
-        if names is None:
-            return list(self.variants)
-        wanted = list(names)
-        known = {v.name for v in self.variants}
-        unknown = [n for n in wanted if n not in known]
-        if unknown:
-            raise ConfigError(f"{self.source}: no variant {unknown}; the grid has {sorted(known)}")
-        return [v for v in self.variants if v.name in wanted]
 
 
 def _fail(source: Path, where: str, message: str) -> ConfigError:
@@ -130,6 +119,7 @@ def load_grid(path: str | Path) -> Grid:
         source = repo_root() / source
     if not source.is_file():
         raise ConfigError(f"variant file not found: {path}")
+    source = source.resolve()
     data = yaml_load(source.read_text())
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: the top level must be a mapping with 'grid' and 'variants'")
@@ -150,10 +140,14 @@ def load_grid(path: str | Path) -> Grid:
                 variants=tuple(variants.values()), source=source)
 
 
+def variant_overrides(variant: Variant, extra: Sequence[str] = (), grid: str = "") -> list[str]:
+    """The ``-o`` overrides of a variant run: its own, then ``extra``, then its labels (name and grid)."""
+    return [*variant.override_args(), *extra, f"variant={json.dumps(variant.name)}", f"grid={json.dumps(grid)}"]
+
+
 def variant_config(base: str | Path, variant: Variant, extra: Sequence[str] = (), grid: str = "") -> Config:
-    """The base pretraining config with the variant's overrides, labelled with its name (and grid)."""
+    """The base pretraining config with ``variant_overrides`` applied."""
     try:
-        labels = [f"variant={json.dumps(variant.name)}", f"grid={json.dumps(grid)}"]
-        return load_config(base, [*variant.override_args(), *extra, *labels])
+        return load_config(base, variant_overrides(variant, extra, grid))
     except ConfigError as err:
         raise ConfigError(f"variant '{variant.name}' on {base}: {err}") from err
