@@ -392,7 +392,8 @@ def plot_ablation(table: pd.DataFrame) -> Figure | None:
     """Measured top-1 delta (with its confidence interval) vs the paper's delta for each variant, side by side."""
     if table.empty:
         return None
-    categories = [f"{row.label} ({row.evaluation})" for row in table.itertuples()]
+    categories = [f"{row.label} ({row.evaluation}{'' if pd.isna(row.knn_k) else f' k={row.knn_k}'})"
+                  for row in table.itertuples()]
     fig = Figure(figsize=(9, 1.2 + 0.45 * len(categories)), layout="constrained")
     ax = fig.subplots()
     half_width = (table["ci_high"] - table["measured_delta"]).tolist()
