@@ -22,6 +22,7 @@ from pandas.io.formats.style import Styler
 from byol_lib import registry, stats
 from byol_lib.export import backbone_layout
 from byol_lib.results import read_metrics, repo_root
+from byol_lib.variants import grid_labels
 
 REFERENCES = repo_root() / "configs" / "references.yaml"
 REFERENCE_COLUMNS: dict[str, str] = {
@@ -148,7 +149,8 @@ def ablation_table(runs: pd.DataFrame, refs: pd.DataFrame, confidence: float = 0
     setup (evaluation, k, dataset, backbone, epochs, protocol; seeds and grids pooled) with a Welch ``confidence``
     interval (``byol_lib.stats``; NaN with fewer than two runs on either side), the paper's top-1 and delta (the
     variant's reference row minus its group's baseline row) and whether the signs agree (for a zero paper delta:
-    whether the interval holds 0). ``group`` is the grid that ran the variant, else its reference group.
+    whether the interval holds 0). ``group`` is the grid that ran the variant, else its reference group; ``label``
+    the variant's label in ``configs/ablations``, else its reference row's.
     """
     columns = ["group", "variant", "label", "evaluation", "knn_k", "dataset", "backbone", "epochs", "runs", "seeds",
                "top1", "top1_std", "baseline_top1", "baseline_runs", "measured_delta", "ci_low", "ci_high",
@@ -158,6 +160,7 @@ def ablation_table(runs: pd.DataFrame, refs: pd.DataFrame, confidence: float = 0
     paper = refs[refs["group"] != "headline"]
     paper_baseline = paper[paper["variant"] == registry.BASELINE].set_index("group")["top1"]
     paper = paper[paper["variant"] != registry.BASELINE].drop_duplicates("variant").set_index("variant")
+    labels = grid_labels()
     out = []
     for key, group in rows.groupby(context, dropna=False, sort=True):
         setup = dict(zip(context, key, strict=True))
@@ -172,7 +175,8 @@ def ablation_table(runs: pd.DataFrame, refs: pd.DataFrame, confidence: float = 0
             measured_delta = math.nan if diff is None else diff.delta
             low, high = (math.nan, math.nan) if diff is None else (diff.low, diff.high)
             out.append({**setup, "group": grids[0] if len(grids) else (None if ref is None else ref["group"]),
-                        "variant": variant, "label": variant if ref is None else ref["label"], "runs": len(values),
+                        "variant": variant, "runs": len(values),
+                        "label": labels.get(variant) or (variant if ref is None else ref["label"]),
                         "seeds": ", ".join(str(v) for v in sorted(own["seed"].dropna().unique())), "top1": mean,
                         "top1_std": std, "baseline_top1": stats.mean_std(baseline)[0], "baseline_runs": len(baseline),
                         "measured_delta": measured_delta, "ci_low": low, "ci_high": high,

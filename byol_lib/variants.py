@@ -140,6 +140,12 @@ def load_grid(path: str | Path) -> Grid:
                 variants=tuple(variants.values()), source=source)
 
 
+def grid_labels(folder: str | Path | None = None) -> dict[str, str]:
+    """Every variant's label in the grid files of ``folder`` (default: ``configs/ablations``), by name."""
+    paths = sorted(Path(folder or repo_root() / "configs" / "ablations").glob("*.yaml"))
+    return {v.name: v.label for path in paths for v in load_grid(path).variants}
+
+
 def variant_overrides(variant: Variant, extra: Sequence[str] = (), grid: str = "") -> list[str]:
     """The ``-o`` overrides of a variant run: its own, then ``extra``, then its labels (name and grid)."""
     return [*variant.override_args(), *extra, f"variant={json.dumps(variant.name)}", f"grid={json.dumps(grid)}"]

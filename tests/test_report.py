@@ -190,6 +190,7 @@ def test_ablation_table_puts_measured_beside_paper_deltas(refs: pd.DataFrame) ->
     assert augmentations["spearman"] == pytest.approx(1 - 6 * (0 + 1 + 1) / (3 * 8))
     assert augmentations["kendall_tau_b"] == pytest.approx((2 - 1) / 3)
     assert math.isnan(agreement.loc["tau", "spearman"])  # one variant: no ordering
+    assert table.loc[("d2_per_tap_blur", "ImageNet"), "label"] == "D2: one blur sigma per tap"  # the grid's label
     costs = report.deviation_costs(table.reset_index())
     assert costs["variant"].tolist() == ["d1_frozen_target", "d2_per_tap_blur"]
     assert isinstance(report.plot_ablation(table.reset_index()), Figure)
