@@ -21,8 +21,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", type=Path, default=None,
                         help="checkpoint to resume from (default: resume the latest unfinished run of this config)")
     parser.add_argument("--pretrained", default=None,
-                        help="classification configs: backbone weights (checkpoint, PASSL checkpoint, extracted "
-                             "file, or 'random' for the random-init baseline)")
+                        help="classification configs: backbone weights (checkpoint, pretraining run folder, PASSL "
+                             "checkpoint, extracted file, or 'random' for the random-init baseline)")
     parser.add_argument("--load", type=Path, default=None,
                         help="classification configs: a saved classifier (backbone + head)")
     parser.add_argument("--evaluate-only", action="store_true", help="with --load: evaluate on the val split")
@@ -146,6 +146,57 @@ def run_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--grid", action="append", nargs="+", required=True, metavar="FILE",
+                        help="variant file(s), e.g. configs/ablations/augmentations.yaml (repeatable)")
+    parser.add_argument("--variants", nargs="+", default=None, help="run only these variants (default: all)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="one run per variant and seed")
+    parser.add_argument("--config", default=None, help="base pretraining config (default: the grid file's 'base')")
+    parser.add_argument("--linear-config", default=None, help="linear-evaluation config (default: the grid's)")
+    parser.add_argument("--output-dir", default="results", help="results folder (run folders land here)")
+    parser.add_argument("--study", default="ablation", help="run-name prefix: <study>-<variant>-pretrain-s<seed>")
+    parser.add_argument("--max-parallel", type=int, default=None,
+                        help="jobs at once, each in its own process (default: one per core; 1 runs them here)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads per job (default: cores / jobs)")
+    parser.add_argument("-o", "--override", action="append", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override a pretraining key in every job, e.g. -o epochs=5")
+    parser.add_argument("--linear-override", action="append", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override a linear-evaluation key in every job")
+    parser.add_argument("--nproc_per_node", type=int, default=None, help="pretrain each job on N processes")
+    parser.add_argument("--gpus", "--devices", default=None, help="pretrain each job on these GPUs, e.g. 0,1,2,3")
+    parser.add_argument("--emit-commands", action="store_true", help="print one command per job, run nothing")
+    parser.add_argument("--emit-slurm", default=None, metavar="PATH", help="write a SLURM array script, run nothing")
+
+
+def run_ablate(args: argparse.Namespace) -> int:
+    from byol_lib import ablation
+
+    settings = ablation.Settings(
+        results_dir=Path(args.output_dir).resolve(), study=args.study,
+        pretrain_config=Path(args.config).resolve() if args.config else None,
+        linear_config=Path(args.linear_config).resolve() if args.linear_config else None,
+        pretrain_overrides=tuple(o for group in args.override for o in group),
+        linear_overrides=tuple(o for group in args.linear_override for o in group),
+        launch=ablation.Launch(args.nproc_per_node, args.gpus))
+    try:
+        jobs = ablation.plan([f for group in args.grid for f in group], settings, args.variants, args.seeds)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.emit_commands or args.emit_slurm:
+        if args.emit_commands:
+            print("\n".join(ablation.emit_commands(jobs, settings)))
+        if args.emit_slurm:
+            Path(args.emit_slurm).write_text(ablation.slurm_script(jobs, settings, args.max_parallel))
+            print(f"wrote {args.emit_slurm}: sbatch it to run {len(jobs)} jobs as an array", file=sys.stderr)
+        return 0
+    outcomes = ablation.run_jobs(jobs, settings, args.max_parallel, args.threads)
+    failed = [o for o in outcomes if o.status != "finished"]
+    print(f"{len(outcomes) - len(failed)} of {len(outcomes)} jobs finished in {settings.results_dir}"
+          + "".join(f"\n  failed: {o.job.pretrain_id}: {o.error}" for o in failed), flush=True)
+    return 1 if failed else 0
+
+
 def train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tools/train.py",
                                      description="BYOL pretraining or linear evaluation (PASSL-compatible flags)")
@@ -172,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_reproduce_arguments(rep)
     ext = commands.add_parser("extract", help="extract the online encoder (PASSL's tools/extract_weight.py)")
     add_extract_arguments(ext)
+    abl = commands.add_parser("ablate", help="an ablation grid: variants x seeds, each pretrained and evaluated")
+    add_ablate_arguments(abl)
     conv = commands.add_parser("convert", help="rename a ResNet backbone to PaddleClas names (passl2ppclas)")
     add_convert_arguments(conv)
     args = parser.parse_args(argv)
@@ -181,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_extract(args)
     if args.command == "convert":
         return run_convert(args)
+    if args.command == "ablate":
+        return run_ablate(args)
     launching = args.nproc_per_node or args.devices or args.nnodes > 1
     return launch_from_args(args) if launching else run_config(args)
 

@@ -60,8 +60,12 @@ _MLP_DEFAULTS: Config = {"name": "NonLinearNeckV2", "in_channels": None, "hid_ch
 PRETRAIN_DEFAULTS: Config = {
     "epochs": 300,
     **_RUN_DEFAULTS,
+    "variant": "",
+    "grid": "",
     "total_images": None,
     "use_byol_iters": True,
+    "loop_length": "schedule",
+    "accum_steps": 1,
     "model": {
         "name": "BYOL",
         "backbone": dict(_BACKBONE_DEFAULTS),
@@ -71,6 +75,8 @@ PRETRAIN_DEFAULTS: Config = {
         "target_decay_method": "cosine",
         "target_decay_rate": 0.99,
         "align_init_network": True,
+        "update_target": True,
+        "init": "jax",
         "use_synch_bn": True,
         "sync_predictor_bn": True,
         "num_classes": None,
@@ -196,12 +202,14 @@ PRETRAIN = Schema(
              "model.name": ("BYOL",), "model.neck.name": ("NonLinearNeckV2",),
              "model.predictor.name": ("NonLinearNeckV2",), "model.neck.with_avg_pool": (False, True),
              "model.head.name": ("L2Head",), "model.target_decay_method": ("cosine", "fixed"),
-             "use_byol_iters": (True,), "lr_scheduler.name": ("CosineWarmup",),
+             "use_byol_iters": (True,), "loop_length": ("schedule", "passl_epochs"),
+             "model.init": ("jax", "passl"), "lr_scheduler.name": ("CosineWarmup",),
              "optimizer.name": ("LarsMomentumOptimizer",), "optimizer.formula": ("jax", "passl"),
              "log_config.name": ("LogHook",), "checkpoint.name": ("CheckpointHook",)},
     checks=(
-        *_positive("epochs", "global_batch_size", "total_images", "model.backbone.width", "model.neck.hid_channels",
-                   "model.neck.out_channels", "model.predictor.hid_channels", "model.predictor.out_channels",
+        *_positive("epochs", "global_batch_size", "total_images", "accum_steps", "model.backbone.width",
+                   "model.neck.hid_channels", "model.neck.out_channels", "model.predictor.hid_channels",
+                   "model.predictor.out_channels",
                    "model.num_classes", "lr_scheduler.T_max", "optimizer.lars_coeff", "log_config.interval",
                    "checkpoint.interval", "checkpoint.keep", "knn_monitor.k", "knn_monitor.temperature",
                    "knn_monitor.num_train", "knn_monitor.num_val"),
@@ -480,8 +488,20 @@ def backbone_channels(cfg: Config) -> int:
     return backbone["width"] * 8 * expansion
 
 
+def passl_loader_length(num_images: int, world_size: int, per_device: int, drop_last: bool) -> int:
+    """Steps per epoch of PASSL's loader: each rank gets ceil(images / ranks) samples (padded), in batches."""
+    per_rank = math.ceil(num_images / world_size)
+    return per_rank // per_device if drop_last else math.ceil(per_rank / per_device)
+
+
 def resolve(cfg: Config, world_size: int, num_images: int, num_classes: int) -> Config:
-    """Add ``derived``: global batch, per-device batch, lr, steps, warm-up, classes. Checks consistency."""
+    """Add ``derived``: global batch, per-device batch, lr, steps, warm-up, classes. Checks consistency.
+
+    ``total_steps`` is the length of the training loop; the lr follows a schedule of ``lr_steps`` and tau one of
+    ``tau_steps``. All three are ``epochs x images // global batch`` except with ``loop_length: passl_epochs``
+    (D10): then the loop runs ``epochs x len(PASSL's per-rank loader)`` steps, the lr follows ``T_max`` (default:
+    the formula) and tau the formula, as in PASSL, and both schedules are periodic past their end.
+    """
     cfg = copy.deepcopy(cfg)
     sampler = cfg["dataloader"]["train"]["sampler"]
     if cfg["global_batch_size"] is not None:
@@ -514,14 +534,23 @@ def resolve(cfg: Config, world_size: int, num_images: int, num_classes: int) -> 
     warmup = sched["warmup_steps"]
     if warmup is None:
         warmup = int(sched["warmup_epochs"] * total_images // global_batch)
-    if warmup > total_steps:
-        raise ConfigError(f"warm-up of {warmup} steps is longer than the run ({total_steps} steps)")
-    if sched["T_max"] is not None and sched["T_max"] != total_steps:
+    lr_steps, loop_steps = total_steps, total_steps
+    if cfg["loop_length"] == "passl_epochs":  # D10: PASSL's loop length, the schedules' own horizon
+        steps_per_epoch = passl_loader_length(total_images, world_size, per_device, sampler["drop_last"])
+        loop_steps = cfg["epochs"] * steps_per_epoch
+        lr_steps = sched["T_max"] or total_steps
+    elif sched["T_max"] is not None and sched["T_max"] != total_steps:
         raise ConfigError(
             f"key 'lr_scheduler.T_max' = {sched['T_max']} disagrees with the run's {total_steps} steps "
             f"(epochs x images // global batch = {cfg['epochs']} x {total_images} // {global_batch}); "
-            "the schedule always follows the real number of steps here: drop T_max"
+            "the schedule always follows the real number of steps here: drop T_max (or set "
+            "loop_length: passl_epochs for PASSL's mismatch, D10)"
         )
+    if warmup > lr_steps:
+        raise ConfigError(f"warm-up of {warmup} steps is longer than the schedule ({lr_steps} steps)")
+    if per_device % cfg["accum_steps"]:
+        raise ConfigError(f"key 'accum_steps' = {cfg['accum_steps']} does not divide the per-process batch of "
+                          f"{per_device}")
     in_channels = backbone_channels(cfg)
     neck, predictor = cfg["model"]["neck"], cfg["model"]["predictor"]
     for key, given, expected in (
@@ -540,7 +569,9 @@ def resolve(cfg: Config, world_size: int, num_images: int, num_classes: int) -> 
         "num_images": total_images,
         "num_classes": num_classes,
         "steps_per_epoch": steps_per_epoch,
-        "total_steps": total_steps,
+        "total_steps": loop_steps,
+        "lr_steps": lr_steps,
+        "tau_steps": total_steps,
         "warmup_steps": warmup,
         "peak_lr": peak_lr,
         "backbone_channels": in_channels,

@@ -16,6 +16,7 @@ import numpy as np
 import paddle
 
 from byol_lib import distributed, fast, results
+from byol_lib.checkpoint import latest_checkpoint
 from byol_lib.config import Config, ConfigError
 from byol_lib.data.datasets import build_dataset
 from byol_lib.evaluate import LinearEvalSettings, compute_features, evaluate_head, knn_eval, linear_eval
@@ -44,9 +45,16 @@ def _load_strict(backbone: ResNet, state: Mapping[str, np.ndarray], source: str)
 
 
 def load_pretrained(backbone: ResNet, path: str) -> None:
-    """Backbone weights from one of our checkpoints, a PASSL checkpoint or an extracted file (all keys must fit)."""
+    """Backbone weights from one of our checkpoints (or a pretraining run folder: its latest), a PASSL checkpoint
+    or an extracted file; all keys must fit."""
+    source = Path(path)
+    if source.is_dir():
+        found = latest_checkpoint(source / "checkpoints")
+        if found is None:
+            raise ConfigError(f"--pretrained {path}: a folder without checkpoints (no {source / 'checkpoints'}/step_*)")
+        source = found
     try:
-        state = extract_online_encoder(load_any_checkpoint(Path(path)))
+        state = extract_online_encoder(load_any_checkpoint(source))
     except ExportError as err:
         raise ConfigError(f"--pretrained {path}: {err}") from err
     _load_strict(backbone, state, f"--pretrained {path}")

@@ -11,7 +11,8 @@ One row per (run, evaluation), with the fixed columns of ``COLUMNS``:
 ``kind`` is ``pretrain``, ``linear``, ``knn`` (the kNN rows of a linear run), ``ablation`` (any row of a run whose
 ``variant`` is not the baseline), ``evaluate`` or ``notebook``. A missing ``variant`` means ``baseline``.
 ``epochs``, ``global_batch`` and ``seed`` describe the pretraining behind a number: a linear run takes them, and
-its variant, from the pretraining run whose folder holds its ``--pretrained`` weights (``pretrain_run``).
+its variant and grid (the ablation grid that ran it, ``byol_lib.ablation``), from the pretraining run whose folder
+holds its ``--pretrained`` weights (``pretrain_run``).
 ``top1``/``top5`` are percentages. Failed, running and unreadable runs keep their row, with ``status`` and
 ``error``, so a report shows them instead of dropping them.
 """
@@ -31,8 +32,8 @@ from byol_lib.linear import RANDOM_INIT as RANDOM_INIT_WEIGHTS
 from byol_lib.results import repo_root
 
 COLUMNS: dict[str, str] = {
-    "run_id": "str", "kind": "str", "status": "str", "evaluation": "str", "variant": "str", "dataset": "str",
-    "backbone": "str", "epochs": "Int64", "global_batch": "Int64", "seed": "Int64", "protocol": "str",
+    "run_id": "str", "kind": "str", "status": "str", "evaluation": "str", "variant": "str", "grid": "str",
+    "dataset": "str", "backbone": "str", "epochs": "Int64", "global_batch": "Int64", "seed": "Int64", "protocol": "str",
     "knn_k": "Int64", "top1": "float64", "top5": "float64", "images_per_s": "float64", "wall_time_s": "float64",
     "device": "str", "world_size": "Int64", "paddle_version": "str", "git_commit": "str", "pretrain_run": "str",
     "error": "str", "path": "str",
@@ -88,6 +89,7 @@ def _common(folder: Path, summary: Mapping[str, Any], cfg: Mapping[str, Any]) ->
     return {
         "run_id": summary.get("run_id", folder.name), "kind": summary.get("kind"), "status": summary.get("status"),
         "variant": summary.get("variant") or cfg.get("variant") or BASELINE,
+        "grid": summary.get("grid") or cfg.get("grid") or None,
         "dataset": summary.get("dataset") or _dig(cfg, "dataloader.train.dataset.name"),
         "backbone": _backbone(summary, cfg), "seed": summary.get("seed", cfg.get("seed")),
         "images_per_s": summary.get("images_per_s"), "wall_time_s": summary.get("wall_time_s"),
@@ -129,14 +131,15 @@ def _linear_rows(base: dict[str, Any], summary: Mapping[str, Any], cfg: Mapping[
     if source is not None:
         trained = known[source]
         base.update(epochs=trained["epochs"], global_batch=trained["global_batch"], seed=trained["seed"],
-                    variant=trained["variant"])
+                    variant=trained["variant"], grid=trained["grid"])
     elif pretrained == RANDOM_INIT_WEIGHTS:
         base.update(variant=RANDOM_INIT, epochs=0)
     rows = _eval_rows(base, summary)
     if summary.get("kind") == "evaluate":
         return rows[:1]
     if isinstance(summary.get("random_init"), Mapping):
-        untrained = {"variant": RANDOM_INIT, "epochs": 0, "global_batch": None, "seed": own_seed, "pretrain_run": None}
+        untrained = {"variant": RANDOM_INIT, "grid": None, "epochs": 0, "global_batch": None, "seed": own_seed,
+                     "pretrain_run": None}
         rows += _eval_rows({**base, **untrained}, summary["random_init"])
     return rows
 

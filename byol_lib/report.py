@@ -19,9 +19,10 @@ import yaml
 from matplotlib.figure import Figure
 from pandas.io.formats.style import Styler
 
-from byol_lib import registry
+from byol_lib import registry, stats
 from byol_lib.export import backbone_layout
 from byol_lib.results import read_metrics, repo_root
+from byol_lib.variants import grid_labels
 
 REFERENCES = repo_root() / "configs" / "references.yaml"
 REFERENCE_COLUMNS: dict[str, str] = {
@@ -132,30 +133,85 @@ def gap_table(runs: pd.DataFrame, refs: pd.DataFrame) -> pd.DataFrame:
                                       "gap_top1": "float64"})
 
 
-def ablation_table(runs: pd.DataFrame, refs: pd.DataFrame) -> pd.DataFrame:
-    """Each measured variant's top-1 delta to the baseline of the same setup, beside the paper's delta.
+def _sign_agrees(measured: float, paper: float, low: float, high: float) -> Any:
+    """Whether a measured delta has the paper's sign (a zero paper delta: whether the interval holds 0)."""
+    if pd.isna(measured) or pd.isna(paper):
+        return pd.NA
+    if paper == 0:
+        return pd.NA if pd.isna(low) else bool(low <= 0 <= high)
+    return bool(np.sign(measured) == np.sign(paper))
 
-    The baseline pools every baseline run of the setup (evaluation, k, dataset, backbone, epochs, protocol) over
-    seeds and batch sizes; the paper's delta is the variant's row minus its group's baseline row.
+
+def ablation_table(runs: pd.DataFrame, refs: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """Each measured variant against the baseline of the same setup, beside the paper's numbers.
+
+    Per variant: mean ± std of top-1 over its runs (seeds), the delta to the mean of every baseline run of the same
+    setup (evaluation, k, dataset, backbone, epochs, protocol; seeds and grids pooled) with a Welch ``confidence``
+    interval (``byol_lib.stats``; NaN with fewer than two runs on either side), the paper's top-1 and delta (the
+    variant's reference row minus its group's baseline row) and whether the signs agree (for a zero paper delta:
+    whether the interval holds 0). ``group`` is the grid that ran the variant, else its reference group; ``label``
+    the variant's label in ``configs/ablations``, else its reference row's.
     """
-    columns = ["variant", "label", "group", "evaluation", "knn_k", "dataset", "backbone", "epochs", "runs",
-               "baseline_top1", "top1", "measured_delta", "paper_delta"]
+    columns = ["group", "variant", "label", "evaluation", "knn_k", "dataset", "backbone", "epochs", "runs", "seeds",
+               "top1", "top1_std", "baseline_top1", "baseline_runs", "measured_delta", "ci_low", "ci_high",
+               "paper_top1", "paper_delta", "sign_agrees"]
     rows = measured(runs)
     context = [c for c in SETUP if c not in ("variant", "global_batch")]
-    baselines = (rows[rows["variant"] == registry.BASELINE].groupby(context, dropna=False)["top1"].mean()
-                 .rename("baseline_top1").reset_index())
-    variants = (rows[~rows["variant"].isin(NOT_ABLATIONS)].groupby([*context, "variant"], dropna=False)
-                .agg(runs=("run_id", "size"), top1=("top1", "mean")).reset_index())
     paper = refs[refs["group"] != "headline"]
     paper_baseline = paper[paper["variant"] == registry.BASELINE].set_index("group")["top1"]
-    paper = (paper[paper["variant"] != registry.BASELINE]
-             .assign(paper_delta=lambda f: f["top1"] - f["group"].map(paper_baseline))
-             .drop_duplicates("variant")[["variant", "label", "group", "paper_delta"]])
-    table = variants.merge(baselines, on=context, how="left").merge(paper, on="variant", how="left")
-    table["label"] = table["label"].fillna(table["variant"])
-    table["measured_delta"] = table["top1"] - table["baseline_top1"]
-    return table[columns].astype({"baseline_top1": "float64", "top1": "float64", "measured_delta": "float64",
-                                  "paper_delta": "float64"})
+    paper = paper[paper["variant"] != registry.BASELINE].drop_duplicates("variant").set_index("variant")
+    labels = grid_labels()
+    out = []
+    for key, group in rows.groupby(context, dropna=False, sort=True):
+        setup = dict(zip(context, key, strict=True))
+        baseline = group[group["variant"] == registry.BASELINE]["top1"].tolist()
+        for variant, own in group[~group["variant"].isin(NOT_ABLATIONS)].groupby("variant", sort=True):
+            values = own["top1"].tolist()
+            mean, std = stats.mean_std(values)
+            diff = stats.welch_interval(values, baseline, confidence) if baseline else None
+            ref = paper.loc[variant] if variant in paper.index else None
+            grids = own["grid"].dropna().unique()
+            paper_delta = math.nan if ref is None else ref["top1"] - paper_baseline.get(ref["group"], math.nan)
+            measured_delta = math.nan if diff is None else diff.delta
+            low, high = (math.nan, math.nan) if diff is None else (diff.low, diff.high)
+            out.append({**setup, "group": grids[0] if len(grids) else (None if ref is None else ref["group"]),
+                        "variant": variant, "runs": len(values),
+                        "label": labels.get(variant) or (variant if ref is None else ref["label"]),
+                        "seeds": ", ".join(str(v) for v in sorted(own["seed"].dropna().unique())), "top1": mean,
+                        "top1_std": std, "baseline_top1": stats.mean_std(baseline)[0], "baseline_runs": len(baseline),
+                        "measured_delta": measured_delta, "ci_low": low, "ci_high": high,
+                        "paper_top1": math.nan if ref is None else ref["top1"], "paper_delta": paper_delta,
+                        "sign_agrees": _sign_agrees(measured_delta, paper_delta, low, high)})
+    return pd.DataFrame(out, columns=columns).astype(
+        {"runs": "Int64", "baseline_runs": "Int64", "epochs": "Int64", "knn_k": "Int64", "sign_agrees": "boolean",
+         **{c: "float64" for c in ("top1", "top1_std", "baseline_top1", "measured_delta", "ci_low", "ci_high",
+                                    "paper_top1", "paper_delta")}})
+
+
+def ablation_agreement(table: pd.DataFrame) -> pd.DataFrame:
+    """Per grid and setup: how many variants have the paper's sign, and the rank agreement of measured and paper
+    deltas over the variants that have both (Spearman's rho, Kendall's tau-b; NaN below two variants)."""
+    columns = ["group", "evaluation", "knn_k", "dataset", "backbone", "epochs", "variants", "sign_agrees",
+               "spearman", "kendall_tau_b"]
+    both = table[table["measured_delta"].notna() & table["paper_delta"].notna()]
+    out = []
+    keys = columns[:6]
+    for key, group in both.groupby(keys, dropna=False, sort=True):
+        measured_delta, paper_delta = group["measured_delta"].tolist(), group["paper_delta"].tolist()
+        signs = group["sign_agrees"].dropna()
+        out.append({**dict(zip(keys, key, strict=True)), "variants": len(group),
+                    "sign_agrees": f"{int(signs.sum())} of {len(signs)}",
+                    "spearman": stats.spearman(measured_delta, paper_delta),
+                    "kendall_tau_b": stats.kendall_tau_b(measured_delta, paper_delta)})
+    return pd.DataFrame(out, columns=columns)
+
+
+def deviation_costs(table: pd.DataFrame) -> pd.DataFrame:
+    """The PASSL deviations (variants ``d<N>_*`` and ``passl_head*``), costliest first: what each costs alone."""
+    rows = table[table["variant"].str.match(r"^(d\d+_|passl_head)")]
+    columns = ["variant", "label", "evaluation", "knn_k", "runs", "top1", "top1_std", "measured_delta", "ci_low",
+               "ci_high", "paper_delta"]
+    return rows.sort_values(["evaluation", "knn_k", "measured_delta"])[columns]
 
 
 def evaluation_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -337,14 +393,17 @@ def plot_eval_results(runs: pd.DataFrame, max_setups: int = 4) -> Figure | None:
 
 
 def plot_ablation(table: pd.DataFrame) -> Figure | None:
-    """Measured top-1 delta vs the paper's delta for each variant, side by side."""
+    """Measured top-1 delta (with its confidence interval) vs the paper's delta for each variant, side by side."""
     if table.empty:
         return None
-    categories = [f"{row.label} ({row.evaluation})" for row in table.itertuples()]
+    categories = [f"{row.label} ({row.evaluation}{'' if pd.isna(row.knn_k) else f' k={row.knn_k}'})"
+                  for row in table.itertuples()]
     fig = Figure(figsize=(9, 1.2 + 0.45 * len(categories)), layout="constrained")
     ax = fig.subplots()
+    half_width = (table["ci_high"] - table["measured_delta"]).tolist()
     _grouped_bars(ax, categories, {"measured (this project)": table["measured_delta"].tolist(),
-                                   "paper": table["paper_delta"].tolist()}, horizontal=True)
+                                   "paper": table["paper_delta"].tolist()},
+                  errors={"measured (this project)": half_width, "paper": [math.nan] * len(table)}, horizontal=True)
     ax.axvline(0.0, color="black", lw=0.8)
     ax.set_xlabel("top-1 change vs baseline (percentage points)")
     ax.grid(axis="x", alpha=0.3)

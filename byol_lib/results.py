@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-_VOLATILE_KEYS = ("run_id", "output_dir", "device", "cpu_kernels")
+_VOLATILE_KEYS = ("run_id", "output_dir", "device", "cpu_kernels", "variant", "grid")  # labels, places, kernels
 
 
 def repo_root() -> Path:

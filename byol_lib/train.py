@@ -4,6 +4,11 @@ One step, as in DeepMind's ``byol_experiment.py``: apply the batched device augm
 online and target networks on both views, back-propagate the symmetric loss plus the online
 classifier's loss, average gradients over ranks, take the LARS step with the scheduled lr, then
 move the target towards the *updated* online weights with the scheduled tau.
+
+With ``accum_steps: N`` a step's batch is split into N chunks whose gradients are averaged before the
+one LARS step and one target update (the paper's batch-size ablation: BN sees batch / N). PASSL switches
+handled here: ``model.update_target: False`` (D1, the target keeps its initial weights),
+``model.init: passl`` (D6, see ``passl_init``) and ``loop_length: passl_epochs`` (D10, see ``config.resolve``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from byol_lib.ema import update_target, weights
 from byol_lib.evaluate import KnnMonitor
 from byol_lib.model import BYOL, build_model
 from byol_lib.optim import LARS, lr_at, tau_at
+from byol_lib.passl_init import passl_initialise
 
 KIND = "pretrain"
 
@@ -120,6 +126,8 @@ def pretrain(cfg: Config, resume: Path | None = None, verbose: bool = True) -> P
 
     paddle.seed(cfg["seed"])
     model = build_model(cfg)
+    if cfg["model"]["init"] == "passl":
+        passl_initialise(model, align_target=cfg["model"]["align_init_network"])
     synchronise_batch_norm(model, cfg, ctx)
     optimizer = build_optimizer(model, cfg)
     source = resume or latest_checkpoint(ckpt_dir)
@@ -133,6 +141,7 @@ def pretrain(cfg: Config, resume: Path | None = None, verbose: bool = True) -> P
     loader = pretrain_loader(images, cfg, ctx.rank, ctx.world_size, start_step)
 
     summary = {"run_id": run_dir.name, "kind": KIND, "status": "running", "config_hash": results.config_hash(cfg),
+               "variant": cfg["variant"] or "baseline", "grid": cfg["grid"] or None, "seed": cfg["seed"],
                "world_size": ctx.world_size, "device": ctx.device, **results.environment()}
     metrics = None
     if ctx.is_main:
@@ -146,7 +155,8 @@ def pretrain(cfg: Config, resume: Path | None = None, verbose: bool = True) -> P
                   f"{derived['total_steps']} steps, warm-up {derived['warmup_steps']}"
                   + (f"  |  resumed at step {start_step}" if start_step else ""), flush=True)
 
-    sched, aug = cfg["lr_scheduler"], cfg["augmentation"]
+    sched, aug, chunks = cfg["lr_scheduler"], cfg["augmentation"], cfg["accum_steps"]
+    periodic = cfg["loop_length"] == "passl_epochs"
     every_ckpt, every_log = checkpoint_every(cfg), cfg["log_config"]["interval"]
     knn_cfg = cfg["knn_monitor"]
     every_knn = round(knn_cfg["interval_epochs"] * derived["steps_per_epoch"]) if knn_cfg["interval_epochs"] else 0
@@ -163,12 +173,17 @@ def pretrain(cfg: Config, resume: Path | None = None, verbose: bool = True) -> P
     try:
         for step, (view1, params1, view2, params2, labels) in enumerate(loader, start=start_step):
             lr = lr_at(step, peak_lr=derived["peak_lr"], warmup_steps=derived["warmup_steps"],
-                       total_steps=derived["total_steps"], start_lr=sched["start_lr"])
-            tau = tau_at(step, base_tau=cfg["model"]["target_decay_rate"], total_steps=derived["total_steps"],
-                         method=cfg["model"]["target_decay_method"])
-            out = net(device_augment(view1, params1, aug), device_augment(view2, params2, aug), labels)
-            out["loss"].backward()
-            values = distributed.mean_over_ranks({k: float(v) for k, v in out.items()}, ctx)
+                       total_steps=derived["lr_steps"], start_lr=sched["start_lr"], periodic=periodic)
+            tau = tau_at(step, base_tau=cfg["model"]["target_decay_rate"], total_steps=derived["tau_steps"],
+                         method=cfg["model"]["target_decay_method"], periodic=periodic)
+            batch = (device_augment(view1, params1, aug), device_augment(view2, params2, aug), labels)
+            sums_step: dict[str, float] = {}
+            for chunk in zip(*(paddle.split(t, chunks) for t in batch), strict=True):
+                out = net(*chunk)
+                (out["loss"] / chunks).backward()
+                for key, value in out.items():
+                    sums_step[key] = sums_step.get(key, 0.0) + float(value) / chunks
+            values = distributed.mean_over_ranks(sums_step, ctx)
             if not math.isfinite(values["loss"]):
                 raise NonFiniteLossError(
                     f"step {step}: loss is {values['loss']} (byol {values['byol_loss']}); stopping. The last good "
@@ -176,7 +191,8 @@ def pretrain(cfg: Config, resume: Path | None = None, verbose: bool = True) -> P
                     "learning rate or check the data")
             optimizer.step(lr)
             optimizer.clear_grad()
-            update_target(model.online, model.target, tau)
+            if cfg["model"]["update_target"]:
+                update_target(model.online, model.target, tau)
 
             for key, value in values.items():
                 sums[key] = sums.get(key, 0.0) + value
@@ -231,8 +247,7 @@ def pretrain(cfg: Config, resume: Path | None = None, verbose: bool = True) -> P
         steps_run = derived["total_steps"] - start_step
         results.write_json_atomic(run_dir / "summary.json", {
             **summary, "status": "finished", "evaluation": "online probe", "total_steps": derived["total_steps"],
-            "epochs": cfg["epochs"],
-            "global_batch": derived["global_batch"], "seed": cfg["seed"],
+            "epochs": cfg["epochs"], "global_batch": derived["global_batch"],
             "dataset": cfg["dataloader"]["train"]["dataset"]["name"],
             "backbone": f"resnet{cfg['model']['backbone']['depth']}", "wall_time_s": wall,
             "images_per_s": derived["global_batch"] * steps_run / max(time.perf_counter() - run_start, 1e-9),

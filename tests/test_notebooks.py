@@ -86,7 +86,7 @@ def linear_run(results: Path, pretrained: notebook.NotebookRun) -> Path:
 
 def test_notebooks_are_stored_without_outputs_and_with_one_parameters_cell() -> None:
     assert [p.stem for p in NOTEBOOKS] == ["10_pretrain", "20_export", "30_linear_eval", "40_augmentations",
-                                           "90_report"]
+                                           "50_ablation", "90_report"]
     for path in NOTEBOOKS:
         nb = nbformat.read(str(path), as_version=4)
         nbformat.validate(nb)
@@ -156,6 +156,32 @@ def test_augmentation_notebook_shows_the_settings_and_the_view_pairs(tmp_path: P
     assert images(run.output) == 2  # the photo, the pairs
     tables = [o["data"]["text/html"] for o in outputs(run.output) if "text/html" in o.get("data", {})]
     assert any("solarise (probability)" in t and "0.50" in t for t in tables)
+
+
+TINY_GRID = """grid: tiny
+reference_group: augmentation
+base: configs/byol/tiny_cpu.yaml
+linear: configs/byol/tiny_linear.yaml
+variants:
+  - {name: baseline, label: baseline}
+  - {name: no_blur, label: remove blur, overrides: {augmentation.view1.blur: 0.0, augmentation.view2.blur: 0.0}}
+"""
+
+
+def test_ablation_notebook_runs_a_grid_and_sets_measured_beside_paper_deltas(tmp_path: Path) -> None:
+    grid = tmp_path / "tiny.yaml"
+    grid.write_text(TINY_GRID)
+    run = notebook.run_notebook("notebooks/50_ablation.ipynb", {
+        "grids": [str(grid)], "variants": [], "seeds": [0, 1], "max_parallel": 1, "overrides": ["epochs=1"],
+        "linear_overrides": ["epochs=2", "linear_eval.random_init_baseline=False", "linear_eval.knn_k=[5]"]},
+        results_dir=tmp_path)
+    assert_clean(run.output)
+    assert images(run.output) == 1  # measured vs paper deltas
+    runs = registry.load_runs(tmp_path)
+    linear = runs[runs["evaluation"] == registry.LINEAR]
+    assert sorted(linear["run_id"]) == [f"ablation-{v}-linear-s{s}" for v in ("baseline", "no_blur") for s in (0, 1)]
+    html = "".join(o.get("data", {}).get("text/html", "") for o in outputs(run.output))
+    assert "remove blur" in html and "sign_agrees" in html and "kendall_tau_b" in html
 
 
 def test_report_notebook_builds_a_self_contained_html(linear_run: Path, results: Path, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from byol_lib import registry, report
+from byol_lib import registry, report, stats
 from byol_lib.data.augment import AUGMENT_DEFAULTS
 from byol_lib.export import backbone_layout, to_paddleclas
 
@@ -59,7 +59,7 @@ def ref_row(refs: pd.DataFrame, group: str, variant: str) -> dict:
 def test_references_have_a_source_and_an_evaluation_type(refs: pd.DataFrame) -> None:
     assert list(refs.columns) == list(report.REFERENCE_COLUMNS)
     assert refs["source"].notna().all() and set(refs["evaluation"]) == {"offline linear"}
-    assert set(refs["group"]) == {"headline", "augmentation", "tau", "batch"}
+    assert set(refs["group"]) == {"headline", "augmentation", "tau", "batch", "passl"}
     assert not refs.duplicated(["group", "label"]).any()
     headline = refs[refs["group"] == "headline"].set_index("label")
     assert headline.loc["paper, 300 epochs", ["top1", "top5", "epochs", "seeds"]].tolist() == [72.5, 90.8, 300, 3]
@@ -147,21 +147,52 @@ def test_gap_table_compares_with_the_paper_and_flags_what_is_not_comparable(refs
 def test_ablation_table_puts_measured_beside_paper_deltas(refs: pd.DataFrame) -> None:
     runs = runs_table([
         {"run_id": "b0", "seed": 0, "top1": 60.0}, {"run_id": "b1", "seed": 1, "top1": 62.0},
-        {"run_id": "n0", "seed": 0, "top1": 58.0, "variant": "no_blur", "kind": "ablation"},
-        {"run_id": "n1", "seed": 1, "top1": 57.0, "variant": "no_blur", "kind": "ablation"},
+        {"run_id": "b2", "seed": 2, "top1": 61.5},
+        {"run_id": "n0", "seed": 0, "top1": 58.0, "variant": "no_blur", "kind": "ablation", "grid": "augmentations"},
+        {"run_id": "n1", "seed": 1, "top1": 57.0, "variant": "no_blur", "kind": "ablation", "grid": "augmentations"},
+        {"run_id": "f0", "seed": 0, "top1": 50.0, "variant": "no_flip", "kind": "ablation", "grid": "augmentations"},
+        {"run_id": "f1", "seed": 1, "top1": 52.5, "variant": "no_flip", "kind": "ablation", "grid": "augmentations"},
+        {"run_id": "c0", "seed": 0, "top1": 45.0, "variant": "crop_only", "kind": "ablation", "grid": "augmentations"},
         {"run_id": "t0", "seed": 0, "top1": 55.0, "variant": "tau_0.9", "kind": "ablation"},
         {"run_id": "z0", "seed": 0, "top1": 40.0, "variant": "my_idea", "kind": "ablation"},
+        {"run_id": "d0", "seed": 0, "top1": 30.0, "variant": "d1_frozen_target", "kind": "ablation"},
+        {"run_id": "d1", "seed": 0, "top1": 61.0, "variant": "d2_per_tap_blur", "kind": "ablation"},
         {"run_id": "o0", "seed": 0, "top1": 10.0, "variant": "no_blur", "kind": "ablation", "dataset": "Other"},
     ])
     table = report.ablation_table(runs, refs).set_index(["variant", "dataset"])
     no_blur = table.loc[("no_blur", "ImageNet")]
-    assert no_blur["runs"] == 2 and no_blur["baseline_top1"] == pytest.approx(61.0)
-    assert no_blur["measured_delta"] == pytest.approx(57.5 - 61.0)
+    baseline = [60.0, 62.0, 61.5]
+    assert no_blur["runs"] == 2 and no_blur["baseline_runs"] == 3 and no_blur["seeds"] == "0, 1"
+    assert no_blur["baseline_top1"] == pytest.approx(np.mean(baseline))
+    assert (no_blur["top1"], no_blur["top1_std"]) == pytest.approx((57.5, np.std([58.0, 57.0], ddof=1)))
+    assert no_blur["measured_delta"] == pytest.approx(57.5 - np.mean(baseline))
+    va, vb = np.var([58.0, 57.0], ddof=1) / 2, np.var(baseline, ddof=1) / 3
+    df = (va + vb) ** 2 / (va**2 + vb**2 / 2)
+    half = stats.t_quantile(0.975, df) * np.sqrt(va + vb)
+    assert (no_blur["ci_low"], no_blur["ci_high"]) == pytest.approx((no_blur["measured_delta"] - half,
+                                                                      no_blur["measured_delta"] + half))
     assert no_blur["paper_delta"] == pytest.approx(71.2 - 72.5) and no_blur["label"] == "remove blur"
-    assert table.loc[("tau_0.9", "ImageNet"), "paper_delta"] == pytest.approx(68.4 - 72.5)
+    assert no_blur["paper_top1"] == 71.2 and no_blur["sign_agrees"] and no_blur["group"] == "augmentations"
+    tau = table.loc[("tau_0.9", "ImageNet")]
+    assert tau["paper_delta"] == pytest.approx(68.4 - 72.5) and tau["group"] == "tau"
+    assert math.isnan(tau["ci_low"]) and tau["measured_delta"] == pytest.approx(55.0 - np.mean(baseline))
     assert table.loc[("my_idea", "ImageNet"), "label"] == "my_idea"
     assert math.isnan(table.loc[("my_idea", "ImageNet"), "paper_delta"])
+    assert pd.isna(table.loc[("my_idea", "ImageNet"), "sign_agrees"])
     assert math.isnan(table.loc[("no_blur", "Other"), "measured_delta"])  # no baseline in that setup
+    assert table.loc[("d1_frozen_target", "ImageNet"), "paper_delta"] == pytest.approx(18.8 - 72.5)
+
+    agreement = report.ablation_agreement(table.reset_index()).set_index("group")
+    assert sorted(agreement.index) == ["augmentations", "passl", "tau"]
+    augmentations = agreement.loc["augmentations"]
+    # measured: no_blur -3.67, no_flip -10.08, crop_only -16.17; paper: -1.3, -0.6, -13.1 (no_blur, no_flip swap)
+    assert augmentations["variants"] == 3 and augmentations["sign_agrees"] == "3 of 3"
+    assert augmentations["spearman"] == pytest.approx(1 - 6 * (0 + 1 + 1) / (3 * 8))
+    assert augmentations["kendall_tau_b"] == pytest.approx((2 - 1) / 3)
+    assert math.isnan(agreement.loc["tau", "spearman"])  # one variant: no ordering
+    assert table.loc[("d2_per_tap_blur", "ImageNet"), "label"] == "D2: one blur sigma per tap"  # the grid's label
+    costs = report.deviation_costs(table.reset_index())
+    assert costs["variant"].tolist() == ["d1_frozen_target", "d2_per_tap_blur"]
     assert isinstance(report.plot_ablation(table.reset_index()), Figure)
     assert report.plot_ablation(table.iloc[:0]) is None
 

@@ -1,0 +1,295 @@
+"""The ablation runner: variants x seeds, each pretrained and evaluated (offline linear + kNN) as named runs.
+
+For every selected variant of one or more grid files (``byol_lib.variants``) and every seed, a job pretrains
+the variant's config as ``<study>-<variant>-pretrain-s<seed>`` and evaluates its latest checkpoint with the
+linear config as ``<study>-<variant>-linear-s<seed>``. Named runs make a re-run skip what finished and resume an
+interrupted pretraining from its last checkpoint. Grids run together share their ``baseline`` runs (the same
+config must then come out of every grid, else it is an error naming both). A job that fails is recorded as
+failed in its run folder's ``summary.json`` (with the error) and the batch goes on.
+
+Jobs run in this process one after the other (``max_parallel=1``), or each in its own process, several at a
+time, each with ``threads`` CPU threads: the child runs the job's own command line (``job_command``), the same
+one that ``emit_commands`` prints and ``slurm_script`` puts into a SLURM array, so a grid too big for one
+machine runs on a cluster unchanged and its results land in the same results folder.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from byol_lib import results, runtime
+from byol_lib.config import ConfigError, load_config
+from byol_lib.variants import Grid, Variant, load_grid, variant_config, variant_overrides
+
+RECORDED_BY = "ablation runner"
+_STATUS_WIDTH = 8
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How pretraining is launched: in the job's process (default) or under ``paddle.distributed.launch``."""
+
+    nproc_per_node: int | None = None
+    gpus: str | None = None
+
+    @property
+    def distributed(self) -> bool:
+        return bool(self.nproc_per_node or self.gpus)
+
+    def args(self) -> list[str]:
+        return [*(["--nproc_per_node", str(self.nproc_per_node)] if self.nproc_per_node else []),
+                *(["--gpus", self.gpus] if self.gpus else [])]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every job of a batch shares."""
+
+    results_dir: Path
+    study: str = "ablation"
+    pretrain_config: Path | None = None  # None: each grid's own ``base``
+    linear_config: Path | None = None  # None: each grid's own ``linear``
+    pretrain_overrides: tuple[str, ...] = ()
+    linear_overrides: tuple[str, ...] = ()
+    launch: Launch = field(default_factory=Launch)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One variant and seed: its grid, configs and run ids."""
+
+    grid: Grid
+    variant: Variant
+    seed: int
+    pretrain_config: Path
+    linear_config: Path
+    pretrain_id: str
+    linear_id: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a job ended: ``finished`` or ``failed`` (with the error)."""
+
+    job: Job
+    status: str
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def plan(grid_files: Sequence[str | Path], settings: Settings, variants: Sequence[str] | None = None,
+         seeds: Sequence[int] = (0,)) -> list[Job]:
+    """The jobs of a batch, checked: every variant's config loads, shared run ids mean identical configs."""
+    grids = [load_grid(path) for path in grid_files]
+    if variants is not None:
+        known = {v.name for grid in grids for v in grid.variants}
+        unknown = [name for name in variants if name not in known]
+        if unknown:
+            raise ConfigError(f"no variant {unknown} in {[str(g.source) for g in grids]}; they have {sorted(known)}")
+    jobs: dict[str, Job] = {}
+    hashes: dict[str, tuple[str, Grid]] = {}
+    for grid in grids:
+        chosen = [v for v in grid.variants if variants is None or v.name in variants]
+        base = settings.pretrain_config or grid.base
+        for variant in chosen:
+            cfg = variant_config(base, variant, settings.pretrain_overrides, grid.name)
+            digest = results.config_hash(cfg)
+            first = hashes.setdefault(variant.name, (digest, grid))
+            if first[0] != digest:
+                raise ConfigError(f"grids '{first[1].name}' and '{grid.name}' both define variant '{variant.name}' "
+                                  "with different configs; run them with different study names")
+            for seed in seeds:
+                stem = f"{settings.study}-{variant.name}"
+                jobs.setdefault(f"{stem}-s{seed}", Job(
+                    grid=first[1], variant=variant, seed=seed,
+                    pretrain_config=Path(base), linear_config=Path(settings.linear_config or grid.linear),
+                    pretrain_id=f"{stem}-pretrain-s{seed}", linear_id=f"{stem}-linear-s{seed}"))
+    return list(jobs.values())
+
+
+def job_command(job: Job, settings: Settings) -> list[str]:
+    """The command line that runs one job alone (``byol ablate`` restricted to its variant and seed)."""
+    cmd = [sys.executable, "-m", "byol_lib.cli", "ablate", "--grid", str(job.grid.source),
+           "--variants", job.variant.name, "--seeds", str(job.seed), "--config", str(job.pretrain_config),
+           "--linear-config", str(job.linear_config), "--output-dir", str(settings.results_dir),
+           "--study", settings.study, "--max-parallel", "1", *settings.launch.args()]
+    cmd += [a for o in settings.pretrain_overrides for a in ("-o", o)]
+    return cmd + [a for o in settings.linear_overrides for a in ("--linear-override", o)]
+
+
+def emit_commands(jobs: Sequence[Job], settings: Settings) -> list[str]:
+    """One shell line per job, run from the repo root."""
+    return [shlex.join(job_command(job, settings)) for job in jobs]
+
+
+def slurm_script(jobs: Sequence[Job], settings: Settings, max_parallel: int | None = None) -> str:
+    """A SLURM array script with one task per job (add your partition, account and time limit)."""
+    gpus = len(settings.launch.gpus.split(",")) if settings.launch.gpus else 0
+    throttle = f"%{max_parallel}" if max_parallel else ""
+    lines = ["#!/bin/bash", f"#SBATCH --job-name=byol-{settings.study}", f"#SBATCH --array=0-{len(jobs) - 1}{throttle}",
+             f"#SBATCH --output={settings.results_dir}/slurm-%A_%a.out"]
+    if gpus:
+        lines.append(f"#SBATCH --gres=gpu:{gpus}")
+    lines += ["# one BYOL ablation job (pretraining + linear evaluation + kNN) per array task; finished runs are",
+              f"# skipped and interrupted ones resume; results land in {settings.results_dir}",
+              "set -euo pipefail", f"cd {shlex.quote(str(results.repo_root()))}", "COMMANDS=(",
+              *(f"  {shlex.quote(line)}" for line in emit_commands(jobs, settings)), ")",
+              'eval "${COMMANDS[$SLURM_ARRAY_TASK_ID]}"', ""]
+    return "\n".join(lines)
+
+
+def _record_failure(folder: Path, kind: str, job: Job, error: str) -> None:
+    """Mark a run failed unless it wrote its own outcome (a failure it recorded, or a finish)."""
+    if results.read_summary(folder).get("status") in ("failed", "finished"):
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    results.write_json_atomic(folder / "summary.json", {
+        "run_id": folder.name, "kind": kind, "status": "failed", "error": error, "variant": job.variant.name,
+        "grid": job.grid.name, "seed": job.seed, "recorded_by": RECORDED_BY})
+
+
+def _clear_record(folder: Path) -> None:
+    """Forget a failure this runner recorded, so the run can start afresh (the run's own records stay)."""
+    if results.read_summary(folder).get("recorded_by") == RECORDED_BY:
+        (folder / "summary.json").unlink()
+
+
+def _pretrain(job: Job, settings: Settings, overrides: list[str]) -> dict[str, Any]:
+    """Pretrain the job's variant (in this process or launched); return its config."""
+    from byol_lib.distributed import launch_pretrain
+    from byol_lib.train import pretrain
+
+    try:
+        cfg = load_config(job.pretrain_config, overrides)
+    except ConfigError as err:
+        raise ConfigError(f"variant '{job.variant.name}' on {job.pretrain_config}: {err}") from err
+    if not settings.launch.distributed:
+        pretrain(cfg)
+        return cfg
+    log_dir = settings.results_dir / job.pretrain_id / "launch-log"
+    result = launch_pretrain(job.pretrain_config, overrides, nproc_per_node=settings.launch.nproc_per_node,
+                             devices=settings.launch.gpus, log_dir=log_dir)
+    if result.returncode != 0:
+        raise RuntimeError(f"a launched worker failed (exit code {result.returncode})\n{result.failure_tail}")
+    return cfg
+
+
+def run_job(job: Job, settings: Settings) -> Outcome:
+    """Pretrain and evaluate one job in this process; a failure is recorded in its run folder, not raised."""
+    from byol_lib.linear import run_linear_eval
+
+    start = time.perf_counter()
+    folders = {kind: settings.results_dir / run_id for kind, run_id in (("pretrain", job.pretrain_id),
+                                                                         ("linear", job.linear_id))}
+    kind = "pretrain"
+    try:
+        for folder in folders.values():
+            _clear_record(folder)
+        common = [f"seed={job.seed}", f"output_dir={settings.results_dir}"]
+        cfg = _pretrain(job, settings, variant_overrides(job.variant, [*settings.pretrain_overrides, *common,
+                                                                       f"run_id={job.pretrain_id}"], job.grid.name))
+        if results.read_summary(folders["pretrain"]).get("status") != "finished":
+            raise RuntimeError(f"{folders['pretrain']} did not finish")
+        kind = "linear"
+        backbone = [f"model.backbone.{key}={cfg['model']['backbone'][key]}" for key in ("depth", "stem", "width")]
+        linear = load_config(job.linear_config, [*backbone, *settings.linear_overrides, *common,
+                                                 f"run_id={job.linear_id}"])
+        run_linear_eval(linear, pretrained=str(folders["pretrain"]))
+    except Exception as err:  # noqa: BLE001 (any failure of one job is recorded; the batch goes on)
+        error = f"{type(err).__name__}: {err}"
+        _record_failure(folders[kind], kind, job, error)
+        return Outcome(job, "failed", error, time.perf_counter() - start)
+    return Outcome(job, "finished", None, time.perf_counter() - start)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def _run_in_child(job: Job, settings: Settings, threads: int) -> Outcome:
+    """Run the job's command line in a child process (output in ``<results>/<study>-<variant>-s<seed>.log``)."""
+    start = time.perf_counter()
+    log = settings.results_dir / f"{settings.study}-{job.variant.name}-s{job.seed}.log"
+    env = {**runtime.quiet_env(), "BYOL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    with log.open("w") as handle:
+        code = subprocess.run(job_command(job, settings), stdout=handle, stderr=subprocess.STDOUT, env=env,
+                              cwd=results.repo_root(), check=False).returncode
+    status = {kind: results.read_summary(settings.results_dir / run_id)
+              for kind, run_id in (("pretrain", job.pretrain_id), ("linear", job.linear_id))}
+    if code == 0 and status["linear"].get("status") == "finished":
+        return Outcome(job, "finished", None, time.perf_counter() - start)
+    error = next((s["error"] for s in status.values() if s.get("status") == "failed"), None)
+    if error is None:  # the child died before recording anything
+        error = f"exit code {code}: {_last_line(log.read_text(errors='replace'))} (log: {log})"
+        kind = "linear" if status["pretrain"].get("status") == "finished" else "pretrain"
+        _record_failure(settings.results_dir / (job.linear_id if kind == "linear" else job.pretrain_id), kind, job,
+                        error)
+    return Outcome(job, "failed", error, time.perf_counter() - start)
+
+
+def default_parallelism(settings: Settings) -> int:
+    """One job per core for CPU runs in this process; one at a time when pretraining is launched."""
+    return 1 if settings.launch.distributed else runtime.available_cores()
+
+
+def run_jobs(jobs: Sequence[Job], settings: Settings, max_parallel: int | None = None, threads: int | None = None,
+             verbose: bool = True) -> list[Outcome]:
+    """Run every job (in this process when ``max_parallel`` is 1, else in child processes); never raises for a
+    failed job."""
+    parallel = max(1, min(max_parallel or default_parallelism(settings), len(jobs) or 1))
+    threads = threads or max(1, runtime.available_cores() // parallel)
+    settings.results_dir.mkdir(parents=True, exist_ok=True)
+    done: list[Outcome] = []
+
+    def one(job: Job) -> Outcome:
+        if verbose:
+            print(f"== {job.pretrain_id}: {job.grid.name} / {job.variant.label}", flush=True)
+        outcome = run_job(job, settings) if parallel == 1 else _run_in_child(job, settings, threads)
+        done.append(outcome)
+        if verbose:
+            print(f"== [{len(done)}/{len(jobs)}] {job.variant.name} s{job.seed}: {outcome.status:<{_STATUS_WIDTH}}"
+                  f"{outcome.seconds:7.1f} s" + (f"  {outcome.error}" if outcome.error else ""), flush=True)
+        return outcome
+
+    if parallel == 1:
+        return [one(job) for job in jobs]
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        return list(pool.map(one, jobs))
+
+
+def run_ablation(grid_files: str | Path | Sequence[str | Path], variants: Sequence[str] | None = None,
+                 seeds: Sequence[int] = (0, 1), base_pretrain_cfg: str | Path | None = None,
+                 base_linear_cfg: str | Path | None = None, results_root: str | Path = "results",
+                 max_parallel: int | None = None, *, study: str = "ablation", pretrain_overrides: Sequence[str] = (),
+                 linear_overrides: Sequence[str] = (), threads: int | None = None, launch: Launch | None = None,
+                 verbose: bool = True) -> list[Outcome]:
+    """Plan and run a batch: ``variants`` (None: all) of ``grid_files`` x ``seeds``; returns each job's outcome.
+
+    ``base_pretrain_cfg`` / ``base_linear_cfg`` default to each grid's ``base`` / ``linear``; relative
+    ``results_root`` resolves against the current folder. ``pretrain_overrides`` / ``linear_overrides`` apply to
+    every job (e.g. a shorter budget).
+    """
+    files = [grid_files] if isinstance(grid_files, str | Path) else list(grid_files)
+    settings = Settings(results_dir=Path(results_root).resolve(), study=study,
+                        pretrain_config=Path(base_pretrain_cfg) if base_pretrain_cfg else None,
+                        linear_config=Path(base_linear_cfg) if base_linear_cfg else None,
+                        pretrain_overrides=tuple(pretrain_overrides), linear_overrides=tuple(linear_overrides),
+                        launch=launch or Launch())
+    jobs = plan(files, settings, variants, seeds)
+    return run_jobs(jobs, settings, max_parallel, threads, verbose)
+
+
+def outcome_rows(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
+    """One printable row per job."""
+    return [{"grid": o.job.grid.name, "variant": o.job.variant.name, "seed": o.job.seed, "status": o.status,
+             "seconds": round(o.seconds, 1), "pretrain_run": o.job.pretrain_id, "linear_run": o.job.linear_id,
+             "error": o.error} for o in outcomes]
