@@ -9,6 +9,7 @@ from pathlib import Path
 
 from byol_lib.config import ConfigError, config_kind, load_config
 from byol_lib.export import add_convert_arguments, add_extract_arguments, run_convert, run_extract
+from byol_lib.pipeline import ABLATION_CHOICES
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -125,6 +126,15 @@ def add_reproduce_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a pretraining config key")
     parser.add_argument("--linear-override", action="append", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override a linear-evaluation config key")
+    parser.add_argument("--ablation", default=None, choices=ABLATION_CHOICES,
+                        help="ablation set after the main runs (default: reduced for the default profile, none "
+                             "otherwise; full = every variant of configs/ablations/)")
+    parser.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1], help="seeds of every variant")
+    parser.add_argument("--ablation-override", action="append", nargs="+", default=None, metavar="KEY=VALUE",
+                        help="pretraining overrides of the ablation runs, replacing the profile's budget "
+                             "(default profile: epochs=4)")
+    parser.add_argument("--max-parallel", type=int, default=None,
+                        help="ablation runs at once (default: one per core, one thread each)")
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
@@ -138,7 +148,10 @@ def run_reproduce(args: argparse.Namespace) -> int:
                          output_dir=args.output_dir,
                          pretrain_overrides=[o for group in args.override for o in group],
                          linear_overrides=[o for group in args.linear_override for o in group],
-                         report=args.report or None)
+                         report=args.report or None, ablation=args.ablation, ablation_seeds=args.ablation_seeds,
+                         ablation_overrides=None if args.ablation_override is None
+                         else [o for group in args.ablation_override for o in group],
+                         max_parallel=args.max_parallel)
     except (ConfigError, DatasetError, ExportError, NotebookError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

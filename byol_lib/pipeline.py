@@ -1,8 +1,9 @@
-"""The full reproduction in one call: pretrain -> extract -> convert -> linear evaluation (+ kNN, random init).
+"""The full reproduction in one call: pretrain -> extract -> convert -> linear evaluation (+ kNN, random init)
+-> the ablation grid -> the report.
 
 ``./run_all.sh`` and ``byol reproduce`` drive it. Every step is a named run under ``results/``
-(``<profile>-pretrain-s<seed>``, ``<profile>-linear-s<seed>``), so re-running skips finished steps and
-resumes an interrupted pretraining from its last checkpoint.
+(``<profile>-pretrain-s<seed>``, ``<profile>-linear-s<seed>``, ``<profile>-ablation-<variant>-...``), so
+re-running skips finished steps and resumes an interrupted pretraining from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import paddle
 
+from byol_lib.ablation import outcome_rows, run_ablation
 from byol_lib.checkpoint import latest_checkpoint
 from byol_lib.config import ConfigError, load_config
 from byol_lib.distributed import launch_pretrain
@@ -34,11 +36,26 @@ class Profile:
     needs_data: bool
     needs_gpu: bool
     paddleclas_type: str
+    ablation: str = "none"  # the ablation set run by default: "none", "reduced" or "full"
+    ablation_overrides: tuple[str, ...] = ()  # pretraining overrides of every ablation run (its budget)
+
+
+ABLATION_GRIDS = {  # set name -> (grid files, variants; None = every variant of the files)
+    "reduced": (("configs/ablations/augmentations.yaml", "configs/ablations/passl_deviations.yaml"),
+                ("baseline", "no_color", "crop_only", "no_blur", "d1_frozen_target", "d2_per_tap_blur", "passl_head")),
+    "full": (("configs/ablations/augmentations.yaml", "configs/ablations/passl_deviations.yaml",
+              "configs/ablations/tau.yaml", "configs/ablations/batch.yaml"), None),
+}
+ABLATION_CHOICES = ("none", *ABLATION_GRIDS)
+# The default profile's ablation runs are shorter than its main run, so that the reduced set x 2 seeds fits the
+# 30-minute budget of ./run_all.sh on 2 cores (README "The default reproduction"); --ablation-override replaces it.
+ABLATION_BUDGET = ("epochs=4",)
 
 
 PROFILES = {
     "default": Profile("default", "configs/byol/byol_r18_synthetic.yaml", "configs/byol/linear_synthetic.yaml",
-                       "", needs_data=False, needs_gpu=False, paddleclas_type="res18"),
+                       "", needs_data=False, needs_gpu=False, paddleclas_type="res18", ablation="reduced",
+                       ablation_overrides=ABLATION_BUDGET),
     "cifar10": Profile("cifar10", "configs/byol/byol_r18_cifar10.yaml", "configs/byol/linear_cifar10.yaml",
                        "CIFAR10", needs_data=True, needs_gpu=False, paddleclas_type="res18"),
     "imagenet": Profile("imagenet", "configs/byol/byol_r50_IM.yaml", "configs/byol/byol_clas_r50.yaml",
@@ -75,11 +92,20 @@ def _pretrain(config: Path, overrides: list[str], nproc: int | None, gpus: str |
 def reproduce(profile_name: str = "default", data: str | None = None, seeds: Sequence[int] = (0,),
               gpus: str | None = None, nproc: int | None = None, output_dir: str | Path = "results",
               pretrain_overrides: Sequence[str] = (), linear_overrides: Sequence[str] = (),
-              report: str | Path | None = None) -> list[Path]:
-    """Run the profile's steps for every seed, then (with ``report``) write the HTML report; return the linear runs."""
+              report: str | Path | None = None, ablation: str | None = None,
+              ablation_seeds: Sequence[int] = (0, 1), ablation_overrides: Sequence[str] | None = None,
+              max_parallel: int | None = None) -> list[Path]:
+    """Run the profile's steps for every seed, its ablation set (``ablation``: none / reduced / full, default the
+    profile's) over ``ablation_seeds``, then (with ``report``) write the HTML report; return the linear runs.
+
+    ``ablation_overrides`` replace the profile's ablation budget (e.g. ``["epochs=20"]``); ``pretrain_overrides``
+    apply to the ablation runs too, after the budget."""
     if profile_name not in PROFILES:
         raise ConfigError(f"unknown profile '{profile_name}'; choose one of {sorted(PROFILES)}")
     profile = PROFILES[profile_name]
+    ablation = profile.ablation if ablation is None else ablation
+    if ablation not in ABLATION_CHOICES:
+        raise ConfigError(f"unknown ablation set '{ablation}'; choose one of {list(ABLATION_CHOICES)}")
     if profile.needs_gpu and not paddle.is_compiled_with_cuda():
         raise ConfigError(f"profile '{profile.name}' needs GPUs, but this PaddlePaddle build has no CUDA support "
                           "(see requirements-gpu.txt)")
@@ -111,6 +137,17 @@ def reproduce(profile_name: str = "default", data: str | None = None, seeds: Seq
         print(f"== {lin_id}: linear evaluation", flush=True)
         lin_cfg = load_config(root / profile.linear_config, [*lin_data, *common, *linear_overrides, f"run_id={lin_id}"])
         linear_runs.append(run_linear_eval(lin_cfg, pretrained=str(backbone)))
+    if ablation != "none":
+        grids, variants = ABLATION_GRIDS[ablation]
+        budget = profile.ablation_overrides if ablation_overrides is None else tuple(ablation_overrides)
+        print(f"== {profile.name}-ablation: {ablation} set, seeds {list(ablation_seeds)}", flush=True)
+        outcomes = run_ablation([root / g for g in grids], variants, ablation_seeds, root / profile.pretrain_config,
+                                root / profile.linear_config, output, max_parallel, study=f"{profile.name}-ablation",
+                                pretrain_overrides=[*pre_data, *budget, *pretrain_overrides],
+                                linear_overrides=[*lin_data, *linear_overrides], verbose=True)
+        failed = [row for row in outcome_rows(outcomes) if row["status"] == "failed"]
+        for row in failed:  # recorded in the run folders; the report shows them, the reproduction goes on
+            print(f"== ablation run failed: {row['variant']} seed {row['seed']}: {row['error']}", flush=True)
     if report:
         html = build_report(results_dir=output, output=Path(report))
         print(f"== report: {html}", flush=True)

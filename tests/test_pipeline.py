@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,17 +20,35 @@ TINY_LINEAR = ["epochs=2", "dataloader.train.dataset.num_images=300", "dataloade
                "linear_eval.random_init_baseline=False"]
 
 
+def _run_all(tmp_path: Path) -> str:
+    """``./run_all.sh`` on a tiny setting: the reduced ablation set with one seed, report into ``tmp_path``."""
+    cmd = [str(ROOT / "run_all.sh"), "--output-dir", str(tmp_path), "--report", str(tmp_path / "report.html"),
+           "-o", *TINY, "--linear-override", *TINY_LINEAR, "--ablation-seeds", "0"]
+    env = {**os.environ, "BYOL_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
 @pytest.mark.slow
-def test_default_profile_runs_end_to_end_and_skips_finished_steps(tmp_path: Path, capsys) -> None:
-    (linear,) = reproduce("default", output_dir=tmp_path, pretrain_overrides=TINY, linear_overrides=TINY_LINEAR,
-                          report=tmp_path / "report.html")
-    assert "Reproduction gap" in (tmp_path / "report.html").read_text()
-    summary = json.loads((linear / "summary.json").read_text())
+def test_run_all_runs_the_default_profile_end_to_end_and_skips_finished_steps(tmp_path: Path) -> None:
+    out = _run_all(tmp_path)
+    html = (tmp_path / "report.html").read_text()
+    assert "Reproduction gap" in html and "Ablation" in html
+    summary = json.loads((tmp_path / "default-linear-s0" / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["pretrained"].endswith("default-pretrain-s0/backbone.pdparams")
     assert (tmp_path / "default-pretrain-s0" / "backbone.pdparams").is_file()
-    capsys.readouterr()
-    reproduce("default", output_dir=tmp_path, pretrain_overrides=TINY, linear_overrides=TINY_LINEAR)
-    assert capsys.readouterr().out.count("already finished") == 2
+    variants = ("baseline", "no_color", "crop_only", "no_blur", "d1_frozen_target", "d2_per_tap_blur", "passl_head")
+    summaries = {}
+    for variant in variants:
+        for kind in ("pretrain", "linear"):
+            summaries[variant, kind] = (tmp_path / f"default-ablation-{variant}-{kind}-s0" / "summary.json").read_text()
+            assert json.loads(summaries[variant, kind])["status"] == "finished", (variant, kind)
+    assert f"report: {tmp_path / 'report.html'}" in out
+    again = _run_all(tmp_path)
+    assert again.count("already finished") == 2  # the main pretraining and linear runs
+    for (variant, kind), text in summaries.items():  # the ablation runs were skipped, not redone
+        assert (tmp_path / f"default-ablation-{variant}-{kind}-s0" / "summary.json").read_text() == text
 
 
 def test_profiles_need_their_data_and_devices(tmp_path: Path) -> None:
