@@ -132,7 +132,7 @@ def add_reproduce_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1], help="seeds of every variant")
     parser.add_argument("--ablation-override", action="append", nargs="+", default=None, metavar="KEY=VALUE",
                         help="pretraining overrides of the ablation runs, replacing the profile's budget "
-                             "(default profile: epochs=4)")
+                             "(default profile: epochs=2)")
     parser.add_argument("--max-parallel", type=int, default=None,
                         help="ablation runs at once (default: one per core, one thread each)")
 

@@ -49,7 +49,7 @@ ABLATION_GRIDS = {  # set name -> (grid files, variants; None = every variant of
 ABLATION_CHOICES = ("none", *ABLATION_GRIDS)
 # The default profile's ablation runs are shorter than its main run, so that the reduced set x 2 seeds fits the
 # 30-minute budget of ./run_all.sh on 2 cores (README "The default reproduction"); --ablation-override replaces it.
-ABLATION_BUDGET = ("epochs=4",)
+ABLATION_BUDGET = ("epochs=2",)
 
 
 PROFILES = {
