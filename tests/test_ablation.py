@@ -19,19 +19,13 @@ from byol_lib.config import ConfigError, flatten
 from byol_lib.variants import BASELINE, load_grid, variant_config
 
 from .conftest import ROOT
+from .conftest import TINY_GRID as CONFTEST_TINY_GRID
 
 GRID_FILES = sorted((ROOT / "configs" / "ablations").glob("*.yaml"))
 LABELS = {"variant", "grid"}
-TINY_GRID = """
-grid: tiny
-reference_group: augmentation
-base: configs/byol/tiny_cpu.yaml
-linear: configs/byol/tiny_linear.yaml
-variants:
-  - {name: baseline, label: baseline}
-  - {name: no_blur, label: remove blur, overrides: {augmentation.view1.blur: 0.0, augmentation.view2.blur: 0.0}}
-  - {name: huge_batch, label: a batch larger than the dataset, overrides: {dataloader.train.sampler.batch_size: 4096}}
-"""
+TINY_GRID = CONFTEST_TINY_GRID + (
+    "  - {name: huge_batch, label: a batch larger than the dataset, "
+    "overrides: {dataloader.train.sampler.batch_size: 4096}}\n")
 
 
 def test_the_grid_files_are_the_four_of_the_issue() -> None:

@@ -25,7 +25,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 from byol_lib import notebook, registry
 from byol_lib.export import paddleclas_keys
 
-from .conftest import ROOT
+from .conftest import ROOT, TINY_GRID
 
 NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
@@ -158,14 +158,6 @@ def test_augmentation_notebook_shows_the_settings_and_the_view_pairs(tmp_path: P
     assert any("solarise (probability)" in t and "0.50" in t for t in tables)
 
 
-TINY_GRID = """grid: tiny
-reference_group: augmentation
-base: configs/byol/tiny_cpu.yaml
-linear: configs/byol/tiny_linear.yaml
-variants:
-  - {name: baseline, label: baseline}
-  - {name: no_blur, label: remove blur, overrides: {augmentation.view1.blur: 0.0, augmentation.view2.blur: 0.0}}
-"""
 
 
 def test_ablation_notebook_runs_a_grid_and_sets_measured_beside_paper_deltas(tmp_path: Path) -> None:
