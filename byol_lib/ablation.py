@@ -164,22 +164,13 @@ def _clear_record(folder: Path) -> None:
 
 def _pretrain(job: Job, settings: Settings, overrides: list[str]) -> dict[str, Any]:
     """Pretrain the job's variant (in this process or launched); return its config."""
-    from byol_lib.distributed import launch_pretrain
-    from byol_lib.train import pretrain
+    from byol_lib.distributed import run_pretraining
 
     try:
-        cfg = load_config(job.pretrain_config, overrides)
+        return run_pretraining(job.pretrain_config, overrides, settings.launch.nproc_per_node, settings.launch.gpus,
+                               settings.results_dir / job.pretrain_id / "launch-log")
     except ConfigError as err:
         raise ConfigError(f"variant '{job.variant.name}' on {job.pretrain_config}: {err}") from err
-    if not settings.launch.distributed:
-        pretrain(cfg)
-        return cfg
-    log_dir = settings.results_dir / job.pretrain_id / "launch-log"
-    result = launch_pretrain(job.pretrain_config, overrides, nproc_per_node=settings.launch.nproc_per_node,
-                             devices=settings.launch.gpus, log_dir=log_dir)
-    if result.returncode != 0:
-        raise RuntimeError(f"a launched worker failed (exit code {result.returncode})\n{result.failure_tail}")
-    return cfg
 
 
 def run_job(job: Job, settings: Settings) -> Outcome:

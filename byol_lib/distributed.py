@@ -187,3 +187,20 @@ def launch_cli(cli_args: Sequence[str], *, nproc_per_node: int | None = None, de
 def launch_pretrain(config: str | Path, overrides: Sequence[str] = (), **launch: Any) -> LaunchResult:
     """Pretrain ``config`` under ``paddle.distributed.launch`` (the notebooks' path); ``launch`` as in launch_cli."""
     return launch_cli(["pretrain", "-c", str(config), *[a for o in overrides for a in ("-o", o)]], **launch)
+
+
+def run_pretraining(config: str | Path, overrides: Sequence[str], nproc_per_node: int | None, devices: str | None,
+                    log_dir: Path) -> dict[str, Any]:
+    """Pretrain in this process, or under ``paddle.distributed.launch`` when processes or devices are given;
+    return the (validated) config. A failed launch raises with its failing worker's log tail."""
+    from byol_lib.config import load_config
+    from byol_lib.train import pretrain
+
+    cfg = load_config(config, list(overrides))
+    if not (nproc_per_node or devices):
+        pretrain(cfg)
+        return cfg
+    result = launch_pretrain(config, overrides, nproc_per_node=nproc_per_node, devices=devices, log_dir=log_dir)
+    if result.returncode != 0:
+        raise RuntimeError(f"pretraining failed (exit code {result.returncode})\n{result.failure_tail}")
+    return cfg

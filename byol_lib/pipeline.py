@@ -17,12 +17,11 @@ import paddle
 from byol_lib.ablation import outcome_rows, run_ablation
 from byol_lib.checkpoint import latest_checkpoint
 from byol_lib.config import ConfigError, load_config
-from byol_lib.distributed import launch_pretrain
+from byol_lib.distributed import run_pretraining
 from byol_lib.export import convert_file, extract_file
 from byol_lib.linear import run_linear_eval
 from byol_lib.notebook import build_report
 from byol_lib.results import read_summary, repo_root
-from byol_lib.train import pretrain
 
 
 @dataclass(frozen=True)
@@ -80,15 +79,6 @@ def data_overrides(profile: Profile, data: str | None) -> tuple[list[str], list[
             [f"dataloader.train.dataset.dataroot={root}", f"dataloader.val.dataset.dataroot={root}"])
 
 
-def _pretrain(config: Path, overrides: list[str], nproc: int | None, gpus: str | None, log_dir: Path) -> None:
-    if nproc or gpus:
-        result = launch_pretrain(config, overrides, nproc_per_node=nproc, devices=gpus, log_dir=log_dir)
-        if result.returncode != 0:
-            raise RuntimeError(f"pretraining failed (exit code {result.returncode})\n{result.failure_tail}")
-    else:
-        pretrain(load_config(config, overrides))
-
-
 def reproduce(profile_name: str = "default", data: str | None = None, seeds: Sequence[int] = (0,),
               gpus: str | None = None, nproc: int | None = None, output_dir: str | Path = "results",
               pretrain_overrides: Sequence[str] = (), linear_overrides: Sequence[str] = (),
@@ -117,15 +107,15 @@ def reproduce(profile_name: str = "default", data: str | None = None, seeds: Seq
         pre_id = f"{profile.name}-pretrain-s{seed}"
         print(f"== {pre_id}: pretraining", flush=True)
         pre_overrides = [*pre_data, *common, *pretrain_overrides]
-        _pretrain(root / profile.pretrain_config, [*pre_overrides, f"run_id={pre_id}"], nproc, gpus,
-                  output / f"{pre_id}-launch-log")
+        cfg = run_pretraining(root / profile.pretrain_config, [*pre_overrides, f"run_id={pre_id}"], nproc, gpus,
+                              output / f"{pre_id}-launch-log")
         run = output / pre_id
         checkpoint = latest_checkpoint(run / "checkpoints")
         if read_summary(run).get("status") != "finished" or checkpoint is None:
             raise RuntimeError(f"{run} did not finish; re-run to resume it")
         backbone = run / "backbone.pdparams"
         extract_file(checkpoint, backbone)
-        arch = load_config(root / profile.pretrain_config, pre_overrides)["model"]["backbone"]
+        arch = cfg["model"]["backbone"]
         if arch["stem"] == "imagenet":
             converted = run / f"backbone_paddleclas_{profile.paddleclas_type}.pdparams"
             convert_file(checkpoint, converted, profile.paddleclas_type, arch["width"])
