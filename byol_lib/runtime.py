@@ -20,10 +20,12 @@ MALLOC_TRIM_THRESHOLD_=<huge>``): RSS then stays at its peak instead of shrinkin
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 
 QUIET_ENV = {
     "GLOG_minloglevel": "2",
@@ -37,6 +39,7 @@ _NOISY_WARNINGS = (
     "When training, we now always track global mean and variance",
 )
 _configured_threads: int | None = None
+_user_blas = False  # the user set OPENBLAS_NUM_THREADS before configure()
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
 _OPENBLAS_SUFFIXES = ("64_", "_64_", "")  # scipy-openblas (numpy wheels) ILP64 names, then plain OpenBLAS
 
@@ -117,10 +120,10 @@ def keep_freed_memory() -> bool:
 
 def configure() -> int:
     """Silence Paddle's import-time noise, import it, set its thread count; return that count."""
-    global _configured_threads
+    global _configured_threads, _user_blas
     if _configured_threads is not None:
         return _configured_threads
-    user_blas = "OPENBLAS_NUM_THREADS" in os.environ
+    user_blas = _user_blas = "OPENBLAS_NUM_THREADS" in os.environ
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     for message in _NOISY_WARNINGS:
@@ -143,6 +146,41 @@ def configure() -> int:
         os.register_at_fork(after_in_child=lambda: set_blas_threads(1))
     _configured_threads = threads
     return threads
+
+
+def user_chose_threads() -> bool:
+    """True when ``BYOL_NUM_THREADS`` or ``OMP_NUM_THREADS`` sets the thread count."""
+    return any(os.environ.get(key, "").isdigit() for key in ("BYOL_NUM_THREADS", "OMP_NUM_THREADS"))
+
+
+def set_threads(threads: int) -> None:
+    """Intra-op threads of Paddle and (unless the user set ``OPENBLAS_NUM_THREADS``) numpy's OpenBLAS."""
+    global _configured_threads
+    configure()
+    if threads != _configured_threads:
+        import paddle
+
+        paddle.base.core.set_num_threads(threads)
+        if not _user_blas:
+            set_blas_threads(threads)
+        _configured_threads = threads
+
+
+@contextlib.contextmanager
+def cores_left_for_workers(workers: int) -> Iterator[int]:
+    """Within the block, intra-op threads = the default count minus ``workers`` data-loader processes (at
+    least 1), unless the user chose the count; yields the count in force and restores the previous one.
+
+    Measured on 2 cores, default preset: 2 threads + 1 loader worker run at ~55 img/s (the threads spin while
+    the worker holds a core), 1 thread + 1 worker at ~100 img/s.
+    """
+    previous = configure()
+    threads = previous if user_chose_threads() or workers <= 0 else max(1, wanted_threads() - workers)
+    set_threads(threads)
+    try:
+        yield threads
+    finally:
+        set_threads(previous)
 
 
 def quiet_env() -> dict[str, str]:

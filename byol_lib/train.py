@@ -22,7 +22,7 @@ from typing import Any
 import paddle
 import paddle.nn as nn
 
-from byol_lib import distributed, fast, results
+from byol_lib import distributed, fast, results, runtime
 from byol_lib.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from byol_lib.config import Config, ConfigError, resolve
 from byol_lib.data.augment import device_augment
@@ -113,6 +113,12 @@ class Progress:
 def pretrain(cfg: Config, resume: Path | None = None, verbose: bool = True) -> Path:
     """Run (or resume) BYOL pretraining for a validated config; return the run folder."""
     ctx = distributed.init(cfg["device"])
+    workers = 0 if ctx.on_gpu else cfg["dataloader"]["train"]["num_workers"]
+    with runtime.cores_left_for_workers(workers):
+        return _pretrain(cfg, ctx, resume, verbose)
+
+
+def _pretrain(cfg: Config, ctx: distributed.Context, resume: Path | None, verbose: bool) -> Path:
     fast.set_cpu_kernels(cfg["cpu_kernels"])
     images = build_dataset(cfg["dataloader"]["train"]["dataset"], "train")
     cfg = resolve(cfg, ctx.world_size, len(images), len(images.classes))
