@@ -41,6 +41,8 @@ from byol_lib import results, runtime
 from byol_lib.registry import NOTEBOOK_RECORD, results_path
 
 KERNEL = "python3"
+# ipykernel warns at every start that its local TCP sockets are unencrypted: harmless, and noise in our output
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
 KIND = "notebook"
 NOTEBOOKS = results.repo_root() / "notebooks"
 REPORT_NOTEBOOK = NOTEBOOKS / "90_report.ipynb"
@@ -179,7 +181,7 @@ def run_notebook(notebook: str | Path, parameters: Mapping[str, Any] | None = No
         with kernel_environment():
             papermill.execute_notebook(str(path), str(output), parameters=parameters, kernel_name=KERNEL,
                                        cwd=str(results.repo_root()), progress_bar=False, log_output=log_output,
-                                       execution_timeout=timeout)
+                                       execution_timeout=timeout, extra_arguments=KERNEL_ARGUMENTS)
     except BaseException as err:
         error = _describe(err)
         record(run_dir, {**entry, "status": "failed", "error": error,

@@ -33,6 +33,9 @@ def repo_root() -> Path:
 def config_hash(cfg: dict[str, Any]) -> str:
     """Short hash of everything that changes the result (not the run id, folder or device name)."""
     stable = {k: v for k, v in cfg.items() if k not in _VOLATILE_KEYS}
+    if isinstance(stable.get("dataloader"), dict):  # loader processes change the speed, not the batches
+        stable["dataloader"] = {split: {k: v for k, v in part.items() if k != "num_workers"}
+                                if isinstance(part, dict) else part for split, part in stable["dataloader"].items()}
     return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 

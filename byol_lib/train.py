@@ -119,6 +119,7 @@ def pretrain(cfg: Config, resume: Path | None = None, verbose: bool = True) -> P
 
 
 def _pretrain(cfg: Config, ctx: distributed.Context, resume: Path | None, verbose: bool) -> Path:
+    """The body of ``pretrain`` on an initialised device context."""
     fast.set_cpu_kernels(cfg["cpu_kernels"])
     images = build_dataset(cfg["dataloader"]["train"]["dataset"], "train")
     cfg = resolve(cfg, ctx.world_size, len(images), len(images.classes))

@@ -197,3 +197,28 @@ def test_blas_training_is_bitwise_reproducible(kernels: None) -> None:
     assert first_losses == second_losses
     for key in first:
         np.testing.assert_array_equal(second[key], first[key], err_msg=key)
+
+
+_WORKER_CORES_PROBE = """
+import byol_lib
+from byol_lib import runtime
+before = runtime.configure()
+with runtime.cores_left_for_workers(1) as inside:
+    during = runtime.blas_threads()
+print(before, inside, during, runtime.blas_threads())
+"""
+
+
+@pytest.mark.parametrize("chosen", [None, "3"])
+def test_pretraining_leaves_a_core_per_loader_worker_unless_the_user_chose(chosen: str | None) -> None:
+    cores = len(os.sched_getaffinity(0))
+    if runtime.blas_threads() is None or cores < 2:
+        pytest.skip("needs numpy linked against OpenBLAS and 2 cores")
+    expected = [chosen] * 4 if chosen else [str(n) for n in (cores, cores - 1, cores - 1, cores)]
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "BYOL_NUM_THREADS",
+                                                              "OMP_NUM_THREADS")}
+    if chosen:
+        env["BYOL_NUM_THREADS"] = chosen
+    out = subprocess.run([sys.executable, "-c", _WORKER_CORES_PROBE], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == expected

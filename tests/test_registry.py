@@ -15,6 +15,10 @@ import pytest
 import yaml
 
 from byol_lib import registry
+from byol_lib.config import load_config
+from byol_lib.results import config_hash
+
+from .conftest import TINY_CONFIG
 
 PRETRAIN_ID = "20260101-000000-pretrain-aaaa0000"
 LINEAR_ID = "20260101-010000-linear-bbbb0000"
@@ -157,3 +161,11 @@ def test_find_run_and_resolve_weights(tmp_path: Path) -> None:
     elsewhere = tmp_path / "weights.pdparams"
     elsewhere.write_bytes(b"")
     assert registry.resolve_weights(str(elsewhere), tmp_path) == (str(elsewhere), [])
+
+
+def test_config_hash_ignores_loader_processes_but_not_the_recipe() -> None:
+    """Loader workers change the speed, not the batches (per-sample seeding), so a run may resume with another
+    count; a recipe change is a different run."""
+    base = config_hash(load_config(TINY_CONFIG))
+    assert config_hash(load_config(TINY_CONFIG, ["dataloader.train.num_workers=3"])) == base
+    assert config_hash(load_config(TINY_CONFIG, ["dataloader.train.sampler.batch_size=8"])) != base
