@@ -207,20 +207,13 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def _loader_override(settings: Settings, threads: int) -> list[str]:
-    """A CPU child with one core loads its images itself: on 2 cores, two one-thread jobs with a loader worker
-    each ran at ~70 img/s apiece, without one at ~88 (the batches are the same either way)."""
-    return [] if settings.launch.distributed or threads > 1 else ["-o", "dataloader.train.num_workers=0"]
-
-
 def _run_in_child(job: Job, settings: Settings, threads: int) -> Outcome:
     """Run the job's command line in a child process (output in ``<results>/<study>-<variant>-s<seed>.log``)."""
     start = time.perf_counter()
     log = settings.results_dir / f"{settings.study}-{job.variant.name}-s{job.seed}.log"
     env = {**runtime.quiet_env(), "BYOL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-    command = [*job_command(job, settings), *_loader_override(settings, threads)]
     with log.open("w") as handle:
-        code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env,
+        code = subprocess.run(job_command(job, settings), stdout=handle, stderr=subprocess.STDOUT, env=env,
                               cwd=results.repo_root(), check=False).returncode
     status = {kind: results.read_summary(settings.results_dir / run_id)
               for kind, run_id in (("pretrain", job.pretrain_id), ("linear", job.linear_id))}
