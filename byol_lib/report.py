@@ -247,6 +247,17 @@ def overview(runs: pd.DataFrame) -> str:
             "Accuracies are top-1/top-5 in percent.")
 
 
+def curve_runs(runs: pd.DataFrame, limit: int) -> list[str]:
+    """Folders of up to ``limit`` finished pretraining runs to plot: main runs (not from an ablation grid), newest
+    first, then ablation runs in run-id order (a grid's baseline before its variants' names)."""
+    pretraining = runs[(runs["evaluation"] == registry.ONLINE) & (runs["status"] == "finished")]
+    in_grid = pretraining["grid"].fillna("") != ""
+    main = pretraining[~in_grid].sort_values("run_id", ascending=False)
+    ablation = pretraining[in_grid].assign(not_baseline=pretraining["variant"] != "baseline")
+    ablation = ablation.sort_values(["not_baseline", "run_id"])
+    return pd.concat([main, ablation])["path"].drop_duplicates().head(limit).tolist()
+
+
 def run_overview(folder: str | Path) -> pd.DataFrame:
     """A pretraining run at a glance: status, processes, derived schedule, speed and the last logged figures."""
     summary, cfg = registry.read_run(Path(folder))

@@ -232,3 +232,21 @@ def test_curve_figures() -> None:
                "seconds": 0.1} for e in (1, 2)]
     fig = report.plot_linear_curves(linear)
     assert [len(ax.get_lines()) for ax in fig.get_axes()] == [2, 1]
+
+
+def test_curve_runs_put_main_runs_first_then_ablation_baselines() -> None:
+    base = {"kind": "pretrain", "evaluation": registry.ONLINE, "dataset": "Synthetic"}
+    rows = [
+        {"run_id": "default-ablation-crop_only-pretrain-s0", "variant": "crop_only", "grid": "augmentations"},
+        {"run_id": "default-ablation-baseline-pretrain-s1", "variant": "baseline", "grid": "augmentations"},
+        {"run_id": "default-ablation-baseline-pretrain-s0", "variant": "baseline", "grid": "augmentations"},
+        {"run_id": "default-pretrain-s0", "variant": "baseline", "grid": None},
+        {"run_id": "default-pretrain-s1", "variant": "baseline", "grid": None},
+        {"run_id": "default-pretrain-s2", "variant": "baseline", "grid": None, "status": "failed"},
+    ]
+    runs = runs_table([{**base, **row, "path": row["run_id"]} for row in rows])
+    assert report.curve_runs(runs, 4) == ["default-pretrain-s1", "default-pretrain-s0",
+                                          "default-ablation-baseline-pretrain-s0",
+                                          "default-ablation-baseline-pretrain-s1"]
+    assert report.curve_runs(runs, 1) == ["default-pretrain-s1"]
+    assert report.curve_runs(runs[runs["status"] == "failed"], 3) == []
