@@ -1,6 +1,6 @@
 """Images/s of one BYOL training step on random tensors (default: ResNet-18, CIFAR stem, 32x32, batch 128).
 
-    python bench/train_step.py [--steps 5] [--batch 128] [--width 64] [--size 32] [--only NAME]
+    python bench/train_step.py [--steps 5] [--batch 128] [--width 64] [--size 32] [--threads N] [--only NAME]
 
 Three steps, built in the same process and timed interleaved (naive, project, fast, naive, ...; medians),
 so that a busy machine slows all of them alike:
@@ -10,9 +10,10 @@ so that a busy machine slows all of them alike:
   out-of-place ops (``set_value``), Paddle's NCHW kernels.
 * ``project``: the project's step (no-grad target forward, in-place LARS and EMA) with Paddle's kernels
   (``cpu_kernels: paddle``).
-* ``fast``: the same step with the default CPU kernels (``cpu_kernels: auto``: from width 16 at batch
-  128 / 32 px, ``byol_lib.fast``'s CNHW convolutions through numpy's BLAS; below that Paddle's, so ``fast``
-  equals ``project``). Faithful: tests/test_fast.py checks loss and weights against ``project``.
+* ``fast``: the same step with the default CPU kernels (``cpu_kernels: auto``: on one thread, or from
+  width 16 at batch 128 / 32 px, ``byol_lib.fast``'s CNHW convolutions through numpy's BLAS; otherwise
+  Paddle's, so ``fast`` equals ``project``). Faithful: tests/test_fast.py checks loss and weights against
+  ``project``.
 
 All three do the same work: online and target forward on both views, symmetric loss plus the online
 classifier, backward, LARS (JAX formula), EMA. Prints images/s, ratios to ``naive``, thread counts and
@@ -150,8 +151,12 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--stem", default="cifar", choices=("cifar", "imagenet"))
+    parser.add_argument("--threads", type=int, default=THREADS,
+                        help="Paddle and numpy-BLAS threads (default: the project's choice, %(default)s here; "
+                             "CPU pretraining uses one less per loader worker)")
     parser.add_argument("--only", choices=NAMES, help="run one step kind alone (its own peak RSS)")
     args = parser.parse_args()
+    runtime.set_threads(args.threads)
 
     paddle.seed(0)
     views = [paddle.randn([args.batch, 3, args.size, args.size]) for _ in range(2)]
@@ -175,7 +180,7 @@ def main() -> None:
 
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"BYOL step, ResNet-{args.depth} width {args.width} ({args.stem} stem), {args.size}x{args.size}, "
-          f"batch {args.batch}, paddle {paddle.__version__}, {THREADS} threads (Paddle/MKL), "
+          f"batch {args.batch}, paddle {paddle.__version__}, {runtime.threads()} threads (Paddle/MKL), "
           f"{runtime.blas_threads()} threads (numpy BLAS); medians of {args.steps} interleaved steps; fast = "
           f"{'numpy-BLAS' if fast.use_blas(views[0], args.width) else 'Paddle'} convolutions")
     medians = {name: statistics.median(t) for name, t in times.items()}

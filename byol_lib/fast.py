@@ -13,10 +13,13 @@ first, then the batch) with one GEMM per call over the whole batch, ``[Cout, Cin
 ``W^T @ dY`` summed back (col2im, strided). Results equal Paddle's kernels up to float32 summation order.
 
 The switch is the config key ``cpu_kernels`` (``set_cpu_kernels``): ``auto`` (default) uses these kernels
-for float32 CPU batches with stem width x N x H x W >= ``AUTO_MIN_ELEMENTS`` (below that, per-call
-overhead and small GEMMs make Paddle's kernels as fast or faster: equal at width 8 / batch 128 / 32 px,
-half speed on the 16 px tiny preset), ``blas`` always on the CPU, ``paddle`` never. GPU tensors never
-take this path. Buffers handed to Paddle are 64-byte aligned, so runs are bitwise reproducible.
+for float32 CPU batches when Paddle runs on one thread, or with stem width x N x H x W >=
+``AUTO_MIN_ELEMENTS``; ``blas`` always on the CPU, ``paddle`` never. GPU tensors never take this path.
+Measured (``bench/train_step.py``, 2-core EPYC), blas / Paddle step speed: one thread: 1.21x at width 8 /
+batch 128 / 32 px (the default preset, which pretrains on one thread beside its loader worker), 1.34x on
+the 16 px tiny preset, 1.48x at width 16; two threads: 1.04x, 0.80x and 1.95x (small GEMMs split over
+two threads cost more than they gain). Buffers handed to Paddle are 64-byte aligned, so runs are
+bitwise reproducible.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ import numpy as np
 import paddle
 from paddle.autograd import PyLayer, PyLayerContext
 
+from byol_lib import runtime
+
 KERNELS = ("auto", "blas", "paddle")
-AUTO_MIN_ELEMENTS = 2**21  # stem width x N x H x W of the input: 16 x 128 x 32x32 and up (not the width-8 preset)
+AUTO_MIN_ELEMENTS = 2**21  # with 2+ threads: stem width x N x H x W from 16 x 128 x 32x32 (not width 8)
 _kernels = "auto"
 
 
@@ -47,7 +52,7 @@ def use_blas(x: paddle.Tensor, stem_channels: int) -> bool:
     if _kernels == "paddle" or x.dtype != paddle.float32 or not x.place.is_cpu_place():
         return False
     n, _, h, w = x.shape
-    return _kernels == "blas" or stem_channels * n * h * w >= AUTO_MIN_ELEMENTS
+    return _kernels == "blas" or runtime.threads() == 1 or stem_channels * n * h * w >= AUTO_MIN_ELEMENTS
 
 
 _ALIGN = 64  # bytes, as Paddle's CPU allocator: BLAS and reduction kernels sum in an address-dependent order

@@ -12,7 +12,7 @@ eps 1e-5 as in JAX and PASSL.
 On the CPU (float32 batches, when ``byol_lib.fast.use_blas`` says so) the encoder runs in CNHW layout
 (channels first, then the batch): convolutions through numpy's BLAS, BatchNorm on the ``[1, C, N*H, W]``
 view, max-pool per plane; same weights, same arithmetic up to float32 summation order. Elsewhere (GPU,
-small CPU batches, or the config key ``cpu_kernels: paddle``) it is Paddle's NCHW layers as usual.
+small CPU batches on several threads, or the config key ``cpu_kernels: paddle``) it is Paddle's NCHW layers as usual.
 """
 
 from __future__ import annotations

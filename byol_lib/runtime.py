@@ -148,6 +148,11 @@ def configure() -> int:
     return threads
 
 
+def threads() -> int:
+    """Paddle's intra-op thread count in force (configuring the process first if needed)."""
+    return _configured_threads if _configured_threads is not None else configure()
+
+
 def user_chose_threads() -> bool:
     """True when ``BYOL_NUM_THREADS`` or ``OMP_NUM_THREADS`` sets the thread count."""
     return any(os.environ.get(key, "").isdigit() for key in ("BYOL_NUM_THREADS", "OMP_NUM_THREADS"))

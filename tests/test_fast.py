@@ -92,12 +92,20 @@ def test_encoder_matches_in_train_and_eval_mode(stem: str, kernels: None) -> Non
         _close(b.numpy(), a.numpy(), 1e-5, name)  # BN running statistics updated alike
 
 
-def test_auto_uses_blas_only_for_large_cpu_batches(kernels: None) -> None:
+def test_auto_uses_blas_on_one_thread_or_for_large_cpu_batches(kernels: None) -> None:
     fast.set_cpu_kernels("auto")
-    assert fast.use_blas(paddle.zeros([128, 3, 32, 32]), 16)
-    assert not fast.use_blas(paddle.zeros([128, 3, 32, 32]), 8)  # the default preset: no gain measured
-    assert not fast.use_blas(paddle.zeros([32, 3, 16, 16]), 8)
-    assert not fast.use_blas(paddle.zeros([128, 3, 32, 32], dtype="float64"), 8)
+    before = runtime.threads()
+    try:
+        runtime.set_threads(2)
+        assert fast.use_blas(paddle.zeros([128, 3, 32, 32]), 16)
+        assert not fast.use_blas(paddle.zeros([128, 3, 32, 32]), 8)  # the default preset on 2 threads: no gain
+        assert not fast.use_blas(paddle.zeros([32, 3, 16, 16]), 8)
+        runtime.set_threads(1)
+        assert fast.use_blas(paddle.zeros([128, 3, 32, 32]), 8)  # 1.21x on one thread
+        assert fast.use_blas(paddle.zeros([32, 3, 16, 16]), 8)
+        assert not fast.use_blas(paddle.zeros([128, 3, 32, 32], dtype="float64"), 8)
+    finally:
+        runtime.set_threads(before)
     fast.set_cpu_kernels("blas")
     assert fast.use_blas(paddle.zeros([2, 3, 8, 8]), 8)
     fast.set_cpu_kernels("paddle")
