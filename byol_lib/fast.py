@@ -15,9 +15,9 @@ first, then the batch) with one GEMM per call over the whole batch, ``[Cout, Cin
 The switch is the config key ``cpu_kernels`` (``set_cpu_kernels``): ``auto`` (default) uses these kernels
 for float32 CPU batches when Paddle runs on one thread, or with stem width x N x H x W >=
 ``AUTO_MIN_ELEMENTS``; ``blas`` always on the CPU, ``paddle`` never. GPU tensors never take this path.
-Measured (``bench/train_step.py``, 2-core EPYC), blas / Paddle step speed: one thread: 1.21x at width 8 /
+Measured (``bench/train_step.py``, 2-core EPYC), blas / Paddle step speed: one thread: 1.22x at width 8 /
 batch 128 / 32 px (the default preset, which pretrains on one thread beside its loader worker), 1.34x on
-the 16 px tiny preset, 1.48x at width 16; two threads: 1.04x, 0.80x and 1.95x (small GEMMs split over
+the 16 px tiny preset, 1.48x at width 16; two threads: 1.03x, 0.80x and 1.95x (small GEMMs split over
 two threads cost more than they gain). Buffers handed to Paddle are 64-byte aligned, so runs are
 bitwise reproducible.
 """
