@@ -116,6 +116,8 @@ class LinearEvalResult:
     history: list[dict[str, Any]]  # per epoch: epoch, seconds, lr, train_loss, holdout_top1 | test_top1, test_top5
     head: dict[str, np.ndarray]  # {"weight": [C_in, C_out], "bias": [C_out]} of the reported head
     seconds: float
+    test_predictions: np.ndarray  # [N_test] int64: the reported head's top-1 class per test image
+    test_labels: np.ndarray  # [N_test] int64, in the test split's index order
     best_epoch: int | None = None  # passl: the epoch with the best test top-1 (selection on the test split)
     best_test_top1: float | None = None
     settings: dict[str, Any] = field(default_factory=dict)
@@ -257,6 +259,15 @@ class LinearHeads:
                 param.clear_gradient(False)
         return losses.numpy()
 
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """``[G, N]`` int64: every head's top-1 class for each row of ``features``."""
+        with paddle.no_grad():
+            chunks = [self.logits(paddle.to_tensor(features[s:s + EVAL_CHUNK])).argmax(axis=-1).numpy()
+                      for s in range(0, len(features), EVAL_CHUNK)]
+        if not chunks:
+            return np.zeros((self.weight.shape[0], 0), np.int64)
+        return np.concatenate(chunks, axis=1).astype(np.int64)
+
     def accuracy(self, features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Top-1 and top-k (k = min(5, classes)) accuracy ``[G]`` of every head on cached features."""
         g, _, c = self.weight.shape
@@ -338,7 +349,8 @@ def linear_eval(backbone: paddle.nn.Layer, train_images: ImageDataset, test_imag
         holdout_top1 = history[-1].get("holdout_top1", {})
         chosen = max(range(len(lrs)), key=lambda i: (holdout_top1.get(lrs[i], 0.0), -i))  # tie: earlier in grid
         if paper:  # the chosen head meets the test split once
-            top1, topk = heads.accuracy(*features_of(test_images))
+            test = features_of(test_images)
+            top1, topk = heads.accuracy(*test)
             test_top1, test_top5 = float(top1[chosen]), float(topk[chosen])
             best_epoch = best_top1 = None
         else:
@@ -348,6 +360,7 @@ def linear_eval(backbone: paddle.nn.Layer, train_images: ImageDataset, test_imag
     return LinearEvalResult(
         protocol=s.protocol, chosen_lr=lrs[chosen], holdout_top1=holdout_top1, test_top1=test_top1,
         test_top5=test_top5, history=history, head=heads.head(chosen), seconds=time.perf_counter() - start,
+        test_predictions=heads.predict(test[0])[chosen], test_labels=test[1],
         best_epoch=best_epoch, best_test_top1=best_top1, settings=dict(vars(s)),
     )
 
@@ -388,24 +401,24 @@ def _l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def knn_eval(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
-             test_labels: np.ndarray, *, ks: Sequence[int] = (20, 200), temperature: float = 0.07,
-             num_classes: int | None = None, chunk: int = 256) -> dict[int, float]:
-    """Weighted kNN top-1 accuracy per ``k`` (InstDisc / DINO style), numpy, ``chunk`` test rows at a time.
+def knn_predict(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray, *,
+                ks: Sequence[int] = (20, 200), temperature: float = 0.07, num_classes: int | None = None,
+                chunk: int = 256) -> dict[int, np.ndarray]:
+    """Weighted kNN class predictions ``[N_test]`` per ``k`` (InstDisc / DINO style), numpy, ``chunk`` rows at a time.
 
     Features are l2-normalised; the neighbours of a test sample are the ``k`` train samples of highest cosine
     similarity (equal similarities: lower train index first); each votes for its label with weight
     ``exp(similarity / temperature)`` and the class with the largest total wins (equal totals: lower class).
     """
     train, test = _l2_normalize(train_features), _l2_normalize(test_features)
-    train_labels, test_labels = np.asarray(train_labels, np.int64), np.asarray(test_labels, np.int64)
+    train_labels = np.asarray(train_labels, np.int64)
     n = len(train)
     if not ks or min(ks) < 1 or max(ks) > n:
         raise ValueError(f"kNN needs 1 <= k <= {n} (the number of train features), got ks = {list(ks)}")
     if num_classes is None:
-        num_classes = int(max(train_labels.max(initial=0), test_labels.max(initial=0))) + 1
+        num_classes = int(train_labels.max(initial=0)) + 1
     k_max = max(ks)
-    correct = dict.fromkeys(ks, 0)
+    predictions = {k: np.zeros(len(test), np.int64) for k in ks}
     for s in range(0, len(test), chunk):
         sims = test[s:s + chunk] @ train.T  # [m, n]
         neighbours = _nearest(sims, k_max)  # [m, k_max], most similar first
@@ -413,12 +426,23 @@ def knn_eval(train_features: np.ndarray, train_labels: np.ndarray, test_features
         weights = np.exp(near_sims / temperature)
         near_labels = train_labels[neighbours]
         rows = np.arange(len(sims))[:, None]
-        truth = test_labels[s:s + chunk]
         for k in ks:
             votes = np.zeros((len(sims), num_classes))
             np.add.at(votes, (np.broadcast_to(rows, (len(sims), k)), near_labels[:, :k]), weights[:, :k])
-            correct[k] += int((votes.argmax(axis=1) == truth).sum())
-    return {k: correct[k] / max(len(test), 1) for k in ks}
+            predictions[k][s:s + chunk] = votes.argmax(axis=1)
+    return predictions
+
+
+def knn_eval(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
+             test_labels: np.ndarray, *, ks: Sequence[int] = (20, 200), temperature: float = 0.07,
+             num_classes: int | None = None, chunk: int = 256) -> dict[int, float]:
+    """Weighted kNN top-1 accuracy per ``k`` (``knn_predict``'s predictions against ``test_labels``)."""
+    test_labels = np.asarray(test_labels, np.int64)
+    if num_classes is None:
+        num_classes = int(max(np.max(train_labels, initial=0), test_labels.max(initial=0))) + 1
+    predicted = knn_predict(train_features, train_labels, test_features, ks=ks, temperature=temperature,
+                            num_classes=num_classes, chunk=chunk)
+    return {k: float((p == test_labels).sum()) / max(len(test_labels), 1) for k, p in predicted.items()}
 
 
 def _nearest(sims: np.ndarray, k: int) -> np.ndarray:

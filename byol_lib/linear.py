@@ -19,13 +19,14 @@ from byol_lib import distributed, fast, results
 from byol_lib.checkpoint import latest_checkpoint
 from byol_lib.config import Config, ConfigError
 from byol_lib.data.datasets import build_dataset
-from byol_lib.evaluate import LinearEvalSettings, compute_features, evaluate_head, knn_eval, linear_eval
+from byol_lib.evaluate import LinearEvalSettings, compute_features, evaluate_head, knn_predict, linear_eval
 from byol_lib.export import ExportError, extract_online_encoder, load_any_checkpoint, save_weights
 from byol_lib.model import ResNet
 
 KIND = "linear"
 IMAGENET_TRAIN, IMAGENET_HOLDOUT = 1281167, 10009
 RANDOM_INIT = "random"
+PREDICTIONS = "predictions.npz"  # per test image: labels, the linear head's and each kNN's predicted class
 
 
 def build_backbone(cfg: Config) -> ResNet:
@@ -109,20 +110,26 @@ def settings_from(cfg: Config, world_size: int, num_train: int, num_classes: int
         head_init=evaluation["head_init"], seed=cfg["seed"], num_workers=cfg["dataloader"]["train"]["num_workers"])
 
 
-def _knn(backbone: ResNet, train: Any, test: Any, cfg: Config, batch: int) -> dict[str, float]:
+def _knn(backbone: ResNet, train: Any, test: Any, cfg: Config, batch: int) -> dict[int, np.ndarray]:
+    """kNN class predictions on the test split per k (the config's ks that fit the train split)."""
     aug, evaluation = cfg["augmentation"], cfg["linear_eval"]
     train_x, train_y = compute_features(backbone, train, aug, batch_size=batch)
-    test_x, test_y = compute_features(backbone, test, aug, batch_size=batch)
+    test_x, _ = compute_features(backbone, test, aug, batch_size=batch)
     ks = [k for k in evaluation["knn_k"] if k <= len(train_y)]
-    accuracy = knn_eval(train_x, train_y, test_x, test_y, ks=ks, temperature=evaluation["knn_temperature"],
-                        num_classes=len(train.classes))
-    return {f"knn_top1_k{k}": v for k, v in accuracy.items()}
+    return knn_predict(train_x, train_y, test_x, ks=ks, temperature=evaluation["knn_temperature"],
+                       num_classes=len(train.classes))
 
 
 def _evaluate(backbone: ResNet, train: Any, test: Any, cfg: Config, settings: LinearEvalSettings,
               log: Any) -> dict[str, Any]:
+    """The linear evaluation's result, each kNN's top-1 (``knn_top1_k<k>``) and every per-image prediction."""
     result = linear_eval(backbone, train, test, cfg["augmentation"], settings, log=log)
-    return {"result": result, **_knn(backbone, train, test, cfg, settings.batch_size)}
+    knn = _knn(backbone, train, test, cfg, settings.batch_size)
+    labels = result.test_labels
+    predictions = {"labels": labels, "linear": result.test_predictions,
+                   **{f"knn_k{k}": predicted for k, predicted in knn.items()}}
+    return {"result": result, "predictions": predictions,
+            **{f"knn_top1_k{k}": float((predicted == labels).mean()) for k, predicted in knn.items()}}
 
 
 def _random_init_baseline(cfg: Config, train: Any, test: Any, settings: LinearEvalSettings) -> dict[str, Any]:
@@ -130,6 +137,7 @@ def _random_init_baseline(cfg: Config, train: Any, test: Any, settings: LinearEv
     paddle.seed(cfg["seed"] + 1)
     outcome = _evaluate(build_backbone(cfg), train, test, cfg, settings, log=None)
     result = outcome.pop("result")
+    outcome.pop("predictions")
     return {"top1": result.test_top1, "top5": result.test_top5, "chosen_lr": result.chosen_lr, **outcome}
 
 
@@ -213,6 +221,10 @@ def run_linear_eval(cfg: Config, pretrained: str | None = None, load: Path | Non
         else:
             outcome = _evaluate(backbone, train, test, cfg, settings, log)
             result = outcome.pop("result")
+            if ctx.is_main:
+                results.write_arrays_atomic(run_dir / PREDICTIONS, outcome.pop("predictions"))
+            else:
+                outcome.pop("predictions")
             figures = {"protocol": result.protocol, "top1": result.test_top1, "top5": result.test_top5,
                        "chosen_lr": result.chosen_lr,
                        "holdout_top1": {str(k): v for k, v in result.holdout_top1.items()},

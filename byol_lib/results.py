@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 _VOLATILE_KEYS = ("run_id", "output_dir", "device", "cpu_kernels", "variant", "grid")  # labels, places, kernels
@@ -88,6 +89,17 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
     os.replace(tmp, path)
+
+
+def write_arrays_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez`` into a temp file beside ``path``, then rename (a reader never sees half a file)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("wb") as handle:
+            np.savez(handle, **arrays)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_config(folder: Path, cfg: dict[str, Any]) -> None:

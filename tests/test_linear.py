@@ -8,10 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from byol_lib.checkpoint import list_checkpoints
 from byol_lib.config import ConfigError, load_config
+from byol_lib.data.datasets import build_dataset
 from byol_lib.linear import holdout_size, settings_from
 from byol_lib.train import pretrain
 
@@ -50,6 +52,14 @@ def test_train_then_evaluate_only_reproduces_the_reported_accuracy(pretrained_ch
     assert 0.0 <= summary["top1"] <= summary["top5"] <= 1.0
     assert {"knn_top1_k5", "knn_top1_k20"} <= set(summary) and "top1" in summary["random_init"]
     classifier = Path(summary["_dir"]) / "classifier.pdparams"
+    with np.load(Path(summary["_dir"]) / "predictions.npz") as saved:  # per val image, for paired bootstraps
+        cfg = load_config(TINY_LINEAR)
+        val = build_dataset(cfg["dataloader"]["val"]["dataset"], "val")
+        labels = np.array([val.label(i) for i in range(len(val))])
+        assert np.array_equal(saved["labels"], labels)
+        assert (saved["linear"] == labels).mean() == pytest.approx(summary["top1"])
+        for k in (5, 20):
+            assert (saved[f"knn_k{k}"] == labels).mean() == pytest.approx(summary[f"knn_top1_k{k}"])
 
     again = _run(["-c", str(TINY_LINEAR), "--load", str(classifier), "--evaluate-only",
                   "-o", f"output_dir={tmp_path / 'b'}"])
