@@ -277,9 +277,12 @@ def device_params_length(aug: Mapping[str, Any]) -> int:
 class ViewSampler:
     """One view's CPU part: ``image (uint8 HxWx3), rng -> (float32 [3,S,S] in [0,1], device params)``.
 
-    Random draws per call, in this fixed order whatever the probabilities: the crop, 5 coins
-    (flip, jitter, grayscale, blur, solarise), 4 jitter strengths (brightness, contrast, saturation,
-    hue), the jitter permutation, the sigma(s).
+    Random draws per call, in this fixed order whatever the probabilities and the crop method: the seed
+    of the crop's own generator (so PASSL's retry-loop crop, D12, which draws a varying number of
+    values, shifts no other draw), 5 coins (flip, jitter, grayscale, blur, solarise), 4 jitter
+    strengths (brightness, contrast, saturation, hue), the jitter permutation, the sigma(s). So a
+    variant that changes a probability or a method sees the same crops, coins and strengths as the
+    baseline with the same generator: ablations are paired (common random numbers).
     """
 
     def __init__(self, aug: Mapping[str, Any], view: str) -> None:
@@ -309,7 +312,8 @@ class ViewSampler:
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         image = _check_image(image)
-        box = sample_crop(image.shape[0], image.shape[1], self.crop, rng)
+        crop_rng = np.random.default_rng(rng.integers(np.iinfo(np.int64).max))
+        box = sample_crop(image.shape[0], image.shape[1], self.crop, crop_rng)
         coins = rng.random(5) <= self.probs
         values = rng.uniform(-1.0, 1.0, size=4)
         order = rng.permutation(4)

@@ -3,7 +3,7 @@
 Training reads an endless stream of images: the concatenation of one seeded permutation of the
 dataset per epoch (JAX's repeated, reshuffled dataset). Global step ``s`` takes stream positions
 ``[s*B, (s+1)*B)`` and rank ``r`` of ``W`` takes its contiguous share. Every random choice of a
-sample's two views comes from a generator seeded by ``(seed, step, image index)``, so a batch
+sample's two views comes from a generator seeded by ``(seed, step, image index, view)``, so a batch
 depends on neither the number of loader workers nor the world size, and a resumed run sees
 exactly the batches an uninterrupted run would have seen.
 """
@@ -55,9 +55,10 @@ class StepBatchSampler:
         return max(0, self.total_steps - self.start_step)
 
 
-def sample_rng(seed: int, step: int, index: int) -> np.random.Generator:
-    """The generator behind one sample's views at one step."""
-    return np.random.default_rng([seed, step, index])
+def view_rng(seed: int, step: int, index: int, view: int) -> np.random.Generator:
+    """The generator behind view ``view`` (1 or 2) of one sample at one step: each view has its own, so a
+    variant that changes how many values one view draws (D2's per-tap sigmas) shifts no draw of the other."""
+    return np.random.default_rng([seed, step, index, view])
 
 
 class TwoViewDataset(Dataset):
@@ -70,10 +71,9 @@ class TwoViewDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray, ...]:
         step, index = key
-        rng = sample_rng(self.seed, step, index)
         image = self.images.image(index)
-        view1, params1 = self.view1(image, rng)
-        view2, params2 = self.view2(image, rng)
+        view1, params1 = self.view1(image, view_rng(self.seed, step, index, 1))
+        view2, params2 = self.view2(image, view_rng(self.seed, step, index, 2))
         return view1, params1, view2, params2, np.asarray(self.images.label(index), dtype="int64")
 
     def __len__(self) -> int:
