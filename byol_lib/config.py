@@ -139,6 +139,7 @@ LINEAR_DEFAULTS: Config = {
         "protocol": "paper",
         "augment": True,
         "holdout": 10009,
+        "extend_grid": 4,  # a held-out choice at the grid's edge adds lr x2 (or /2) beyond it, up to 4 times
         "head_init": "jax",
         "knn_k": [20, 200],
         "knn_temperature": 0.07,
@@ -241,7 +242,7 @@ LINEAR = Schema(
         *_positive("epochs", "global_batch_size", "model.backbone.width", "model.head.in_channels",
                    "model.head.num_classes", "log_config.interval", "linear_eval.knn_temperature"),
         *_non_negative("lr_scheduler.learning_rate", "lr_scheduler.start_lr", "optimizer.weight_decay",
-                       "linear_eval.holdout"),
+                       "linear_eval.holdout", "linear_eval.extend_grid"),
         ("lr_scheduler.lr_grid", lambda v: bool(v) and all(isinstance(x, (int, float)) and x > 0 for x in v),
          "must be a non-empty list of positive learning rates"),
         ("linear_eval.knn_k", lambda v: all(isinstance(x, int) and x > 0 for x in v), "must be positive integers"),

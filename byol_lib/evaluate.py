@@ -65,6 +65,7 @@ class LinearEvalSettings:
     augment: bool = True  # random crop + flip for training; False: features computed once and cached
     holdout: int = 10009  # train images held out to choose the lr (paper only)
     head_init: str = "jax"  # "jax": truncated normal std 1/sqrt(fan_in); "passl": N(0, 0.01); zero bias
+    extend_grid: int = 0  # paper protocol: how often a choice at the grid's edge may add a lr beyond it (x2 or /2)
     seed: int = 0
     num_workers: int = 0
 
@@ -118,6 +119,7 @@ class LinearEvalResult:
     seconds: float
     test_predictions: np.ndarray  # [N_test] int64: the reported head's top-1 class per test image
     test_labels: np.ndarray  # [N_test] int64, in the test split's index order
+    grid_extended: list[float] = field(default_factory=list)  # lrs added beyond the grid's edges, in order
     best_epoch: int | None = None  # passl: the epoch with the best test top-1 (selection on the test split)
     best_test_top1: float | None = None
     settings: dict[str, Any] = field(default_factory=dict)
@@ -297,21 +299,33 @@ def holdout_split(num_images: int, holdout: int, seed: int) -> tuple[np.ndarray,
 # ----------------------------------------------------------------------------- linear evaluation
 
 
+@dataclass
+class _TrainedHeads:
+    """Heads of some learning rates trained together: their per-epoch history and final held-out top-1."""
+
+    lrs: tuple[float, ...]
+    heads: LinearHeads
+    history: list[dict[str, Any]]
+    holdout_top1: dict[float, float]
+
+
 def linear_eval(backbone: paddle.nn.Layer, train_images: ImageDataset, test_images: ImageDataset,
                 aug: Mapping[str, Any], settings: LinearEvalSettings,
                 log: Callable[[dict[str, Any]], None] | None = None) -> LinearEvalResult:
-    """Linear evaluation of a frozen ``backbone`` (see the module docstring); ``log`` gets each history entry."""
+    """Linear evaluation of a frozen ``backbone`` (see the module docstring); ``log`` gets each history entry.
+
+    Paper protocol with ``extend_grid`` > 0: when the held-out choice is the largest (smallest) lr tried, heads
+    with twice (half) that lr are trained too and the choice is made again, at most ``extend_grid`` times, so
+    the reported head is not a grid edge chosen only because the grid stopped there (``grid_extended``).
+    """
     start = time.perf_counter()
     s = settings
     s.validate(len(train_images))
     paper = s.protocol == "paper"
-    lrs = s.peak_lrs()
     if paper:
         train_idx, holdout_idx = holdout_split(len(train_images), s.holdout, s.seed)
     else:
         train_idx, holdout_idx = np.arange(len(train_images)), np.zeros(0, np.int64)
-    total_steps = s.epochs * math.ceil(len(train_idx) / s.batch_size)
-    history: list[dict[str, Any]] = []
 
     def features_of(images: ImageDataset, indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         return compute_features(backbone, images, aug, batch_size=s.batch_size, indices=indices,
@@ -320,49 +334,81 @@ def linear_eval(backbone: paddle.nn.Layer, train_images: ImageDataset, test_imag
     with frozen(backbone):
         cached = None if s.augment else features_of(train_images, train_idx)
         holdout = features_of(train_images, holdout_idx) if len(holdout_idx) else None
-        test = None if paper else features_of(test_images)
-        heads: LinearHeads | None = None  # created at the first batch, when the feature width is known
-        step = 0
-        for epoch in range(s.epochs):
-            epoch_start = time.perf_counter()
-            loss_sum, seen = np.zeros(len(lrs)), 0
-            for x, labels in _train_batches(backbone, train_images, aug, s, train_idx, cached, epoch):
-                if heads is None:
-                    weight = init_head_weight(x.shape[1], len(train_images.classes), s.head_init, s.seed)
-                    heads = LinearHeads(weight, lrs, momentum=s.momentum, nesterov=s.nesterov,
-                                        weight_decay=s.weight_decay)
-                step_lrs = [lr_at(step, peak_lr=lr, warmup_steps=0, total_steps=total_steps) for lr in lrs]
-                loss_sum += heads.step(x, labels, step_lrs) * x.shape[0]
-                seen += x.shape[0]
-                step += 1
-            entry: dict[str, Any] = {"epoch": epoch + 1, "lr": dict(zip(lrs, step_lrs, strict=True)),
-                                     "train_loss": dict(zip(lrs, (loss_sum / seen).tolist(), strict=True))}
-            if holdout is not None:
-                entry["holdout_top1"] = dict(zip(lrs, heads.accuracy(*holdout)[0].tolist(), strict=True))
-            if test is not None:
-                top1, topk = heads.accuracy(*test)
-                entry["test_top1"], entry["test_top5"] = float(top1[0]), float(topk[0])
-            entry["seconds"] = time.perf_counter() - epoch_start
-            history.append(entry)
-            if log is not None:
-                log(entry)
-        holdout_top1 = history[-1].get("holdout_top1", {})
-        chosen = max(range(len(lrs)), key=lambda i: (holdout_top1.get(lrs[i], 0.0), -i))  # tie: earlier in grid
+        test = features_of(test_images)
+
+        def train(lrs: tuple[float, ...]) -> _TrainedHeads:
+            return _train_heads(backbone, train_images, aug, s, lrs, train_idx, cached, holdout,
+                                None if paper else test, log)
+
+        runs = [train(s.peak_lrs())]
+        extended: list[float] = []
+        best = runs[0].lrs[0]  # one lr and nothing held out: the JAX eval code's simplified protocol
+        while paper and holdout is not None:
+            scores = {lr: top1 for run in runs for lr, top1 in run.holdout_top1.items()}
+            best = max(scores.items(), key=lambda item: item[1])[0]  # ties: the first in grid order
+            tried = sorted(scores)
+            edge = 2.0 * best if best == tried[-1] else 0.5 * best if best == tried[0] else None
+            if edge is None or len(tried) < 2 or len(extended) >= s.extend_grid:
+                break
+            extended.append(edge)
+            runs.append(train((edge,)))
         if paper:  # the chosen head meets the test split once
-            test = features_of(test_images)
-            top1, topk = heads.accuracy(*test)
+            run, chosen = next((run, run.lrs.index(best)) for run in runs if best in run.lrs)
+            top1, topk = run.heads.accuracy(*test)
             test_top1, test_top5 = float(top1[chosen]), float(topk[chosen])
             best_epoch = best_top1 = None
         else:
+            run, chosen = runs[0], 0
+            history = run.history
             test_top1, test_top5 = history[-1]["test_top1"], history[-1]["test_top5"]
-            best = max(history, key=lambda e: e["test_top1"])  # what selecting on the test split would report
-            best_epoch, best_top1 = best["epoch"], best["test_top1"]
+            best_entry = max(history, key=lambda e: e["test_top1"])  # what selecting on the test split would report
+            best_epoch, best_top1 = best_entry["epoch"], best_entry["test_top1"]
+    holdout_top1 = {lr: top1 for r in runs for lr, top1 in r.holdout_top1.items()}
     return LinearEvalResult(
-        protocol=s.protocol, chosen_lr=lrs[chosen], holdout_top1=holdout_top1, test_top1=test_top1,
-        test_top5=test_top5, history=history, head=heads.head(chosen), seconds=time.perf_counter() - start,
-        test_predictions=heads.predict(test[0])[chosen], test_labels=test[1],
-        best_epoch=best_epoch, best_test_top1=best_top1, settings=dict(vars(s)),
+        protocol=s.protocol, chosen_lr=run.lrs[chosen], holdout_top1=holdout_top1, test_top1=test_top1,
+        test_top5=test_top5, history=runs[0].history, head=run.heads.head(chosen),
+        seconds=time.perf_counter() - start, test_predictions=run.heads.predict(test[0])[chosen],
+        test_labels=test[1], grid_extended=extended, best_epoch=best_epoch, best_test_top1=best_top1,
+        settings=dict(vars(s)),
     )
+
+
+def _train_heads(backbone: paddle.nn.Layer, train_images: ImageDataset, aug: Mapping[str, Any],
+                 s: LinearEvalSettings, lrs: tuple[float, ...], train_idx: np.ndarray,
+                 cached: tuple[np.ndarray, np.ndarray] | None, holdout: tuple[np.ndarray, np.ndarray] | None,
+                 test: tuple[np.ndarray, np.ndarray] | None,
+                 log: Callable[[dict[str, Any]], None] | None) -> _TrainedHeads:
+    """Train one head per lr in lockstep for ``s.epochs``; score the held-out (and, for PASSL, test) features
+    after every epoch."""
+    total_steps = s.epochs * math.ceil(len(train_idx) / s.batch_size)
+    history: list[dict[str, Any]] = []
+    heads: LinearHeads | None = None  # created at the first batch, when the feature width is known
+    step = 0
+    for epoch in range(s.epochs):
+        epoch_start = time.perf_counter()
+        loss_sum, seen = np.zeros(len(lrs)), 0
+        for x, labels in _train_batches(backbone, train_images, aug, s, train_idx, cached, epoch):
+            if heads is None:
+                weight = init_head_weight(x.shape[1], len(train_images.classes), s.head_init, s.seed)
+                heads = LinearHeads(weight, lrs, momentum=s.momentum, nesterov=s.nesterov,
+                                    weight_decay=s.weight_decay)
+            step_lrs = [lr_at(step, peak_lr=lr, warmup_steps=0, total_steps=total_steps) for lr in lrs]
+            loss_sum += heads.step(x, labels, step_lrs) * x.shape[0]
+            seen += x.shape[0]
+            step += 1
+        entry: dict[str, Any] = {"epoch": epoch + 1, "lr": dict(zip(lrs, step_lrs, strict=True)),
+                                 "train_loss": dict(zip(lrs, (loss_sum / seen).tolist(), strict=True))}
+        if holdout is not None:
+            entry["holdout_top1"] = dict(zip(lrs, heads.accuracy(*holdout)[0].tolist(), strict=True))
+        if test is not None:
+            top1, topk = heads.accuracy(*test)
+            entry["test_top1"], entry["test_top5"] = float(top1[0]), float(topk[0])
+        entry["seconds"] = time.perf_counter() - epoch_start
+        history.append(entry)
+        if log is not None:
+            log(entry)
+    assert heads is not None
+    return _TrainedHeads(lrs, heads, history, history[-1].get("holdout_top1", {}))
 
 
 def _train_batches(backbone: paddle.nn.Layer, images: ImageDataset, aug: Mapping[str, Any],

@@ -107,7 +107,8 @@ def settings_from(cfg: Config, world_size: int, num_train: int, num_classes: int
         momentum=cfg["optimizer"]["momentum"], nesterov=cfg["optimizer"]["use_nesterov"],
         weight_decay=cfg["optimizer"]["weight_decay"], augment=evaluation["augment"],
         holdout=holdout_size(cfg, num_train, num_classes) if evaluation["protocol"] == "paper" else 0,
-        head_init=evaluation["head_init"], seed=cfg["seed"], num_workers=cfg["dataloader"]["train"]["num_workers"])
+        head_init=evaluation["head_init"], extend_grid=evaluation["extend_grid"], seed=cfg["seed"],
+        num_workers=cfg["dataloader"]["train"]["num_workers"])
 
 
 def _knn(backbone: ResNet, train: Any, test: Any, cfg: Config, batch: int) -> dict[int, np.ndarray]:
@@ -226,7 +227,7 @@ def run_linear_eval(cfg: Config, pretrained: str | None = None, load: Path | Non
             else:
                 outcome.pop("predictions")
             figures = {"protocol": result.protocol, "top1": result.test_top1, "top5": result.test_top5,
-                       "chosen_lr": result.chosen_lr,
+                       "chosen_lr": result.chosen_lr, "grid_extended": result.grid_extended,
                        "holdout_top1": {str(k): v for k, v in result.holdout_top1.items()},
                        "batch_size": settings.batch_size, "epochs": settings.epochs, **outcome}
             if ctx.is_main:

@@ -284,6 +284,28 @@ def test_grid_run_equals_single_lr_run(data: tuple[ColourImages, ColourImages]) 
     assert grid.holdout_top1[0.001] < grid.holdout_top1[grid.chosen_lr]  # the grid matters here
 
 
+@pytest.mark.parametrize(("grid", "direction"), [((0.004, 0.002), 2.0), ((50.0, 100.0), 0.5)])
+def test_a_choice_at_the_grid_edge_extends_the_grid(data: tuple[ColourImages, ColourImages], grid: tuple,
+                                                    direction: float) -> None:
+    """Too low (high) a grid: lrs x2 (/2) are added beyond the edge until the choice is inside, at most
+    ``extend_grid`` times; the outcome equals a plain run of the grid holding every lr tried."""
+    train, test = data
+    net = make_backbone()
+    result = linear_eval(net, train, test, AUG, quick(lr_grid=grid, extend_grid=3))
+    edge = max(grid) if direction > 1 else min(grid)
+    assert result.grid_extended == [edge * direction**k for k in range(1, len(result.grid_extended) + 1)]
+    assert 1 <= len(result.grid_extended) <= 3
+    tried = (*grid, *result.grid_extended)
+    plain = linear_eval(net, train, test, AUG, quick(lr_grid=tried, extend_grid=0))
+    assert plain.grid_extended == [] and plain.holdout_top1 == pytest.approx(result.holdout_top1)
+    assert (plain.chosen_lr, plain.test_top1) == (result.chosen_lr, result.test_top1)
+    scores = sorted(result.holdout_top1.items())
+    inside = scores[0][0] < result.chosen_lr < scores[-1][0]
+    assert inside or len(result.grid_extended) == 3
+    capped = linear_eval(net, train, test, AUG, quick(lr_grid=grid, extend_grid=0))
+    assert capped.grid_extended == [] and set(capped.holdout_top1) == set(grid)
+
+
 def test_passl_protocol(data: tuple[ColourImages, ColourImages]) -> None:
     train, test = data
     net = make_backbone()
