@@ -309,10 +309,18 @@ class _TrainedHeads:
     holdout_top1: dict[float, float]
 
 
+Features = tuple[np.ndarray, np.ndarray]  # ([N, D] float32, [N] int64 labels) of a split, in index order
+
+
 def linear_eval(backbone: paddle.nn.Layer, train_images: ImageDataset, test_images: ImageDataset,
                 aug: Mapping[str, Any], settings: LinearEvalSettings,
-                log: Callable[[dict[str, Any]], None] | None = None) -> LinearEvalResult:
+                log: Callable[[dict[str, Any]], None] | None = None,
+                features: tuple[Features, Features] | None = None) -> LinearEvalResult:
     """Linear evaluation of a frozen ``backbone`` (see the module docstring); ``log`` gets each history entry.
+
+    ``features``: the centre-crop features of the whole train and test splits (``compute_features``), when the
+    caller has them already (kNN needs the same ones); then no image goes through the backbone except the random
+    views of ``augment``.
 
     Paper protocol with ``extend_grid`` > 0: when the held-out choice is the largest (smallest) lr tried, heads
     with twice (half) that lr are trained too and the choice is made again, at most ``extend_grid`` times, so
@@ -327,7 +335,10 @@ def linear_eval(backbone: paddle.nn.Layer, train_images: ImageDataset, test_imag
     else:
         train_idx, holdout_idx = np.arange(len(train_images)), np.zeros(0, np.int64)
 
-    def features_of(images: ImageDataset, indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def features_of(images: ImageDataset, indices: np.ndarray | None = None) -> Features:
+        if features is not None:
+            x, y = features[0] if images is train_images else features[1]
+            return (x, y) if indices is None else (x[indices], y[indices])
         return compute_features(backbone, images, aug, batch_size=s.batch_size, indices=indices,
                                 num_workers=s.num_workers)
 

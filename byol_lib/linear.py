@@ -111,22 +111,19 @@ def settings_from(cfg: Config, world_size: int, num_train: int, num_classes: int
         num_workers=cfg["dataloader"]["train"]["num_workers"])
 
 
-def _knn(backbone: ResNet, train: Any, test: Any, cfg: Config, batch: int) -> dict[int, np.ndarray]:
-    """kNN class predictions on the test split per k (the config's ks that fit the train split)."""
-    aug, evaluation = cfg["augmentation"], cfg["linear_eval"]
-    train_x, train_y = compute_features(backbone, train, aug, batch_size=batch)
-    test_x, _ = compute_features(backbone, test, aug, batch_size=batch)
-    ks = [k for k in evaluation["knn_k"] if k <= len(train_y)]
-    return knn_predict(train_x, train_y, test_x, ks=ks, temperature=evaluation["knn_temperature"],
-                       num_classes=len(train.classes))
-
-
 def _evaluate(backbone: ResNet, train: Any, test: Any, cfg: Config, settings: LinearEvalSettings,
               log: Any) -> dict[str, Any]:
-    """The linear evaluation's result, each kNN's top-1 (``knn_top1_k<k>``) and every per-image prediction."""
-    result = linear_eval(backbone, train, test, cfg["augmentation"], settings, log=log)
-    knn = _knn(backbone, train, test, cfg, settings.batch_size)
-    labels = result.test_labels
+    """The linear evaluation's result, each kNN's top-1 (``knn_top1_k<k>``) and every per-image prediction.
+
+    The centre-crop features of both splits are computed once and serve the linear heads and the kNN."""
+    aug, evaluation = cfg["augmentation"], cfg["linear_eval"]
+    features = tuple(compute_features(backbone, split, aug, batch_size=settings.batch_size,
+                                      num_workers=settings.num_workers) for split in (train, test))
+    result = linear_eval(backbone, train, test, aug, settings, log=log, features=features)
+    (train_x, train_y), (test_x, labels) = features
+    ks = [k for k in evaluation["knn_k"] if k <= len(train_y)]
+    knn = knn_predict(train_x, train_y, test_x, ks=ks, temperature=evaluation["knn_temperature"],
+                      num_classes=len(train.classes))
     predictions = {"labels": labels, "linear": result.test_predictions,
                    **{f"knn_k{k}": predicted for k, predicted in knn.items()}}
     return {"result": result, "predictions": predictions,
