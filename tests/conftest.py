@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,3 +38,24 @@ variants:
   - {name: baseline, label: baseline}
   - {name: no_blur, label: remove blur, overrides: {augmentation.view1.blur: 0.0, augmentation.view2.blur: 0.0}}
 """  # an ablation grid of seconds-long runs
+
+
+def write_run(results: Path, run_id: str, summary: dict[str, Any]) -> Path:
+    """A run folder with only its summary.json (the registry needs no more)."""
+    folder = results / run_id
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({"run_id": run_id, **summary}))
+    return folder
+
+
+def write_ablation_runs(results: Path, study: str, variant: str, seed: int, top1: float,
+                        linear_status: str = "finished") -> Path:
+    """An ablation job's finished pretraining run and its linear run (``top1`` a fraction), as the runner names
+    them; returns the linear run's folder."""
+    pretrain = write_run(results, f"{study}-{variant}-pretrain-s{seed}",
+                         {"kind": "pretrain", "status": "finished", "variant": variant, "grid": "tiny", "seed": seed,
+                          "final": {"online_accuracy": 0.3}})
+    return write_run(results, f"{study}-{variant}-linear-s{seed}",
+                     {"kind": "linear", "status": linear_status, "seed": 0, "top1": top1, "knn_top1_k20": 0.5,
+                      "pretrained": str(pretrain / "checkpoints" / "step_00000010.pdckpt"),
+                      "random_init": {"top1": 0.1}})

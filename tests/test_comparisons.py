@@ -11,14 +11,13 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 from byol_lib import comparisons, registry
 
-from .conftest import T975
+from .conftest import T975, write_ablation_runs, write_run
 
 STUDY, IMAGES, CLASSES = "abl", 200, 10
 LABELS = np.random.default_rng(0).integers(0, CLASSES, IMAGES)
@@ -33,13 +32,6 @@ def t2(p: float) -> float:
     return (2 * p - 1) / math.sqrt(2 * p * (1 - p))
 
 
-def write(results: Path, run_id: str, summary: dict[str, Any]) -> Path:
-    folder = results / run_id
-    folder.mkdir(parents=True)
-    (folder / "summary.json").write_text(json.dumps({"run_id": run_id, **summary}))
-    return folder
-
-
 def correct_images(right: int, seed: int) -> np.ndarray:
     """Which validation images a run gets right: ``right`` of them, chosen at random."""
     mask = np.zeros(IMAGES, dtype=bool)
@@ -50,13 +42,7 @@ def correct_images(right: int, seed: int) -> np.ndarray:
 def write_pair(results: Path, variant: str, seed: int, right: float, predictions: bool, study: str = STUDY,
                linear_status: str = "finished") -> np.ndarray | None:
     """A finished pretraining run and its linear run (top-1 ``right`` / 200); its correctness when saved."""
-    pretrain = write(results, f"{study}-{variant}-pretrain-s{seed}",
-                     {"kind": "pretrain", "status": "finished", "variant": variant, "grid": "tiny", "seed": seed,
-                      "final": {"online_accuracy": 0.3}})
-    linear = write(results, f"{study}-{variant}-linear-s{seed}",
-                   {"kind": "linear", "status": linear_status, "seed": 0, "top1": right / IMAGES,
-                    "knn_top1_k20": 0.5, "pretrained": str(pretrain / "checkpoints" / "step_00000010.pdckpt"),
-                    "random_init": {"top1": 0.1}})
+    linear = write_ablation_runs(results, study, variant, seed, right / IMAGES, linear_status)
     if not predictions:
         return None
     mask = correct_images(int(right), 100 * seed + len(variant))
@@ -76,8 +62,8 @@ def results(tmp_path: Path) -> tuple[Path, dict[tuple[str, int], np.ndarray]]:
             mask = write_pair(folder, variant, seed, right, saved)
             if mask is not None:
                 masks[variant, seed] = mask
-    write(folder, f"{STUDY}-no_blur-pretrain-s3", {"kind": "pretrain", "status": "failed", "error": "boom",
-                                                   "variant": "no_blur", "grid": "tiny", "seed": 3})
+    write_run(folder, f"{STUDY}-no_blur-pretrain-s3", {"kind": "pretrain", "status": "failed", "error": "boom",
+                                                       "variant": "no_blur", "grid": "tiny", "seed": 3})
     write_pair(folder, "baseline", 4, 0, False, linear_status="failed")  # no_flip's seed 4 loses its partner
     write_pair(folder, "baseline", 0, 100, False, study=f"{STUDY}-x")  # another study whose name starts alike
     write_pair(folder, "no_blur", 0, 100, False, study=f"{STUDY}-x")
