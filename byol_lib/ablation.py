@@ -368,16 +368,24 @@ def _has_run(job: Job, settings: Settings) -> bool:
     return linear in ("finished", "failed") or pretrain == "failed"
 
 
+def _started_seeds(settings: Settings, name: str) -> set[int]:
+    """The seeds of a variant's pretraining folders in the results folder, whatever their state."""
+    prefix = f"{settings.study}-{name}-pretrain-s"
+    tails = (path.name[len(prefix):] for path in settings.results_dir.glob(f"{prefix}*"))
+    return {int(tail) for tail in tails if tail.isdigit()}
+
+
 def next_jobs(grid_files: Sequence[str | Path], settings: Settings, variants: Sequence[str] | None,
               seeds: Sequence[int], target: float, max_seeds: int) -> tuple[list[Job], Adaptation | None]:
-    """The next wave of an adaptive batch from what the results folder holds (emit, submit, re-emit): the jobs of
-    ``seeds`` that have not run yet; once all have, the jobs of ``next_wave`` and the comparisons it came from
-    (also written to ``<results>/<study>/``)."""
-    jobs = plan(grid_files, settings, _with_baseline(variants), seeds)
-    waiting = [job for job in jobs if not _has_run(job, settings)]
+    """The next wave of an adaptive batch from what the results folder holds (emit, submit, re-emit): the jobs that
+    have not run yet, of ``seeds`` or of a seed some earlier wave started (a job killed by a time limit resumes);
+    once all have, the jobs of ``next_wave`` and the comparisons it came from (also written to
+    ``<results>/<study>/``)."""
+    names = list(_first_wave(plan(grid_files, settings, _with_baseline(variants), seeds)))
+    known = {name: sorted({*seeds, *_started_seeds(settings, name)}) for name in names}
+    waiting = [job for job in wave_jobs(grid_files, settings, known) if not _has_run(job, settings)]
     if waiting:
         return waiting, None
-    names = list(_first_wave(jobs))
     found = _current(grid_files, settings, names)
     wave = next_wave(found, {name: list(seeds) for name in names}, target, max_seeds)
     return wave_jobs(grid_files, settings, wave), Adaptation(found, _wider(found, names, target))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from byol_lib.comparisons import Comparison
 from byol_lib.config import ConfigError, flatten
 from byol_lib.variants import BASELINE, load_grid, variant_config
 
-from .conftest import ROOT, T975, write_ablation_runs
+from .conftest import ROOT, T975, write_ablation_runs, write_run
 from .conftest import TINY_GRID as CONFTEST_TINY_GRID
 
 GRID_FILES = sorted((ROOT / "configs" / "ablations").glob("*.yaml"))
@@ -311,7 +312,15 @@ def test_emit_mode_with_a_target_prints_only_the_next_wave(tmp_path: Path, capsy
 
     for seed in (2, 3, 4):
         write_ablation_runs(results, "s", BASELINE, seed, 0.70)
-        write_ablation_runs(results, "s", "no_blur", seed, 0.70 + 0.01 * (seed - 3))
+        if seed != 3:
+            write_ablation_runs(results, "s", "no_blur", seed, 0.70 + 0.01 * (seed - 3))
+    write_run(results, "s-no_blur-pretrain-s3", {"kind": "pretrain", "status": "running", "variant": "no_blur",
+                                                 "seed": 3})  # killed by a time limit: re-emitted, to resume
+    jobs, _ = emitted(capsys, argv)
+    assert jobs == {("no_blur", 3)}
+
+    shutil.rmtree(results / "s-no_blur-pretrain-s3")
+    write_ablation_runs(results, "s", "no_blur", 3, 0.70)
     script.unlink()
     jobs, err = emitted(capsys, [*argv, "--emit-slurm", str(script)])
     assert jobs == set() and not script.exists()
