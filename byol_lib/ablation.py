@@ -307,11 +307,10 @@ def next_wave(comparisons: Sequence[Comparison], seeds_by_variant: Mapping[str, 
 
 @dataclass(frozen=True)
 class Adaptation:
-    """Where an adaptive batch stands: its variants' comparisons, those still wider than the target, its waves."""
+    """Where an adaptive batch stands: its variants' comparisons and those still wider than the target."""
 
     comparisons: list[Comparison]
     wider: list[str]
-    waves: list[Wave] = field(default_factory=list)
 
     @property
     def message(self) -> str:
@@ -329,17 +328,15 @@ def adapt(first: Wave, run_wave: Callable[[Wave], object], read: Callable[[], Se
     """Run ``first``, then each ``next_wave`` of the comparisons ``read`` returns, until none is left: every variant
     of ``first`` is within ``target`` or out of budget."""
     seeds: dict[str, list[int]] = {name: [] for name in first}
-    waves: list[Wave] = []
     found: list[Comparison] = []
     wave = first
     while wave:
         run_wave(wave)
-        waves.append(wave)
         for name, new in wave.items():
             seeds[name] += new
         found = [c for c in read() if c.variant in seeds]
         wave = next_wave(found, seeds, target, max_seeds)
-    return Adaptation(found, _wider(found, list(seeds), target), waves)
+    return Adaptation(found, _wider(found, list(seeds), target))
 
 
 def _with_baseline(variants: Sequence[str] | None) -> list[str] | None:
