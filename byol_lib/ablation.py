@@ -11,6 +11,13 @@ Jobs run in this process one after the other (``max_parallel=1``), or each in it
 time, each with ``threads`` CPU threads: the child runs the job's own command line (``job_command``), the same
 one that ``emit_commands`` prints and ``slurm_script`` puts into a SLURM array, so a grid too big for one
 machine runs on a cluster unchanged and its results land in the same results folder.
+
+A finished batch writes its study's paired comparisons (``byol_lib.comparisons``) to
+``<results>/<study>/comparisons.json`` and ``.csv``. With a target half-width a batch is adaptive: after the given
+seeds it runs waves of new seeds (``next_wave``: the estimated need of every variant whose paired 95% interval is
+still wider than the target, capped by a seed budget; the baseline gets every seed any variant gets) until every
+variant is within the target or out of budget (``adapt``). ``next_jobs`` gives one wave at a time from what the
+results folder holds, for clusters: emit, submit, re-emit.
 """
 
 from __future__ import annotations
@@ -20,18 +27,23 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
 from byol_lib import results, runtime
+from byol_lib.comparisons import CONFIDENCE, Comparison, compare, comparisons_folder, save_comparisons
 from byol_lib.config import ConfigError, load_config
-from byol_lib.variants import Grid, Variant, load_grid, variant_config, variant_overrides
+from byol_lib.stats import seeds_needed
+from byol_lib.variants import BASELINE, Grid, Variant, load_grid, variant_config, variant_overrides
 
 RECORDED_BY = "ablation runner"
+DEFAULT_MAX_SEEDS = 8
 _STATUS_WIDTH = 8
+Wave = dict[str, list[int]]  # the seeds each variant runs next
 
 
 @dataclass(frozen=True)
@@ -121,7 +133,7 @@ def job_command(job: Job, settings: Settings) -> list[str]:
     cmd = [sys.executable, "-m", "byol_lib.cli", "ablate", "--grid", str(job.grid.source),
            "--variants", job.variant.name, "--seeds", str(job.seed), "--config", str(job.pretrain_config),
            "--linear-config", str(job.linear_config), "--output-dir", str(settings.results_dir),
-           "--study", settings.study, "--max-parallel", "1", *settings.launch.args()]
+           "--study", settings.study, "--max-parallel", "1", "--no-comparisons", *settings.launch.args()]
     cmd += [a for o in settings.pretrain_overrides for a in ("-o", o)]
     return cmd + [a for o in settings.linear_overrides for a in ("--linear-override", o)]
 
@@ -262,6 +274,165 @@ def run_jobs(jobs: Sequence[Job], settings: Settings, max_parallel: int | None =
         return list(pool.map(one, jobs))
 
 
+def wave_jobs(grid_files: Sequence[str | Path], settings: Settings, wave: Mapping[str, Sequence[int]]) -> list[Job]:
+    """The jobs of a wave: each variant with its own seeds."""
+    return [job for name, seeds in wave.items() for job in plan(grid_files, settings, [name], seeds)]
+
+
+def next_wave(comparisons: Sequence[Comparison], seeds_by_variant: Mapping[str, Sequence[int]], target: float,
+              max_seeds: int) -> Wave:
+    """The seeds to run next (empty: none), for the variants of ``seeds_by_variant`` (the seeds each has run).
+
+    A variant (not the baseline) gets seeds while its paired half-width exceeds ``target`` points: the estimated
+    need (``seeds_needed`` at its sd; 2 pairs before it has an sd) minus its paired seeds, at least one, at most
+    ``max_seeds`` minus the seeds it has run (a failed run counts: the budget is compute). New seeds continue after
+    the largest used; the baseline gets every seed any variant gets.
+    """
+    found = {c.variant: c for c in comparisons}
+    used = {name: {*seeds, *(found[name].attempted_seeds if name in found else ())}
+            for name, seeds in seeds_by_variant.items()}
+    start = 1 + max(chain(*used.values()), default=-1)
+    wave: Wave = {}
+    for name, seeds in used.items():
+        done = found.get(name)
+        room = max_seeds - len(seeds)
+        if name == BASELINE or (done is not None and done.within(target)) or room <= 0:
+            continue
+        paired = 0 if done is None else done.n
+        estimate = seeds_needed(done.sd, target, CONFIDENCE, max_seeds) if paired >= 2 else 2
+        extra = min(max((max_seeds if estimate is None else estimate) - paired, 1), room)
+        wave[name] = list(range(start, start + extra))
+    return {BASELINE: sorted(set(chain(*wave.values()))), **wave} if wave else {}
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    """Where an adaptive batch stands: its variants' comparisons and those still wider than the target."""
+
+    comparisons: list[Comparison]
+    wider: list[str]
+
+    @property
+    def message(self) -> str:
+        """How it stopped (once no wave is left)."""
+        return f"budget exhausted: {', '.join(self.wider)} still wider than target" if self.wider else "target reached"
+
+
+def _wider(comparisons: Sequence[Comparison], names: Sequence[str], target: float) -> list[str]:
+    found = {c.variant: c for c in comparisons}
+    return [name for name in names if name != BASELINE and not (name in found and found[name].within(target))]
+
+
+def adapt(first: Wave, run_wave: Callable[[Wave], object], read: Callable[[], Sequence[Comparison]], target: float,
+          max_seeds: int) -> Adaptation:
+    """Run ``first``, then each ``next_wave`` of the comparisons ``read`` returns, until none is left: every variant
+    of ``first`` is within ``target`` or out of budget."""
+    seeds: dict[str, list[int]] = {name: [] for name in first}
+    found: list[Comparison] = []
+    wave = first
+    while wave:
+        run_wave(wave)
+        for name, new in wave.items():
+            seeds[name] += new
+        found = [c for c in read() if c.variant in seeds]
+        wave = next_wave(found, seeds, target, max_seeds)
+    return Adaptation(found, _wider(found, list(seeds), target))
+
+
+def _with_baseline(variants: Sequence[str] | None) -> list[str] | None:
+    """The variants of an adaptive batch: pairing needs the baseline."""
+    return None if variants is None or BASELINE in variants else [BASELINE, *variants]
+
+
+def _first_wave(jobs: Sequence[Job]) -> Wave:
+    wave: Wave = {}
+    for job in jobs:
+        wave.setdefault(job.variant.name, []).append(job.seed)
+    return wave
+
+
+def _current(grid_files: Sequence[str | Path], settings: Settings, names: Sequence[str]) -> list[Comparison]:
+    """The study's comparisons, written to ``<results>/<study>/``; those of ``names`` returned."""
+    everything = compare(settings.results_dir, settings.study, grid_files)
+    save_comparisons(everything, comparisons_folder(settings.results_dir, settings.study))
+    return [c for c in everything if c.variant in names]
+
+
+def _has_run(job: Job, settings: Settings) -> bool:
+    """Whether a job has an outcome: its linear run finished or failed, or its pretraining failed."""
+    linear, pretrain = (results.read_summary(settings.results_dir / run_id).get("status")
+                        for run_id in (job.linear_id, job.pretrain_id))
+    return linear in ("finished", "failed") or pretrain == "failed"
+
+
+def _started_seeds(settings: Settings, name: str) -> set[int]:
+    """The seeds of a variant's pretraining folders in the results folder, whatever their state."""
+    prefix = f"{settings.study}-{name}-pretrain-s"
+    tails = (path.name[len(prefix):] for path in settings.results_dir.glob(f"{prefix}*"))
+    return {int(tail) for tail in tails if tail.isdigit()}
+
+
+def next_jobs(grid_files: Sequence[str | Path], settings: Settings, variants: Sequence[str] | None,
+              seeds: Sequence[int], target: float, max_seeds: int) -> tuple[list[Job], Adaptation | None]:
+    """The next wave of an adaptive batch from what the results folder holds (emit, submit, re-emit): the jobs that
+    have not run yet, of ``seeds`` or of a seed some earlier wave started (a job killed by a time limit resumes);
+    once all have, the jobs of ``next_wave`` and the comparisons it came from (also written to
+    ``<results>/<study>/``)."""
+    names = list(_first_wave(plan(grid_files, settings, _with_baseline(variants), seeds)))
+    known = {name: sorted({*seeds, *_started_seeds(settings, name)}) for name in names}
+    waiting = [job for job in wave_jobs(grid_files, settings, known) if not _has_run(job, settings)]
+    if waiting:
+        return waiting, None
+    found = _current(grid_files, settings, names)
+    wave = next_wave(found, {name: list(seeds) for name in names}, target, max_seeds)
+    return wave_jobs(grid_files, settings, wave), Adaptation(found, _wider(found, names, target))
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A batch's outcomes, its variants' comparisons, and with a target how the waves went."""
+
+    outcomes: list[Outcome]
+    comparisons: list[Comparison]
+    adaptation: Adaptation | None = None
+
+
+def run_batch(grid_files: Sequence[str | Path], settings: Settings, variants: Sequence[str] | None = None,
+              seeds: Sequence[int] = (0,), max_parallel: int | None = None, threads: int | None = None,
+              verbose: bool = True, *, target: float | None = None, max_seeds: int = DEFAULT_MAX_SEEDS,
+              write_comparisons: bool = True) -> Batch:
+    """Run ``variants`` (None: all) x ``seeds`` and write the study's comparisons (unless ``write_comparisons`` is
+    False, without a target). With ``target`` (points), add waves of seeds (``adapt``) until every variant's paired
+    half-width is at most ``target`` or it has run ``max_seeds`` seeds; the baseline always runs."""
+    jobs = plan(grid_files, settings, variants if target is None else _with_baseline(variants), seeds)
+    names = list(_first_wave(jobs))
+    outcomes: list[Outcome] = []
+
+    def run_wave(wave: Wave) -> None:
+        if verbose and outcomes:
+            print(f"== next wave: {'; '.join(f'{name} {seeds}' for name, seeds in wave.items())}", flush=True)
+        outcomes.extend(run_jobs(wave_jobs(grid_files, settings, wave), settings, max_parallel, threads, verbose))
+
+    def read() -> list[Comparison]:
+        found = _current(grid_files, settings, names)
+        if verbose:
+            print("".join(f"==   {c.variant}: ± {c.paired.half:.2f} points over {c.n} seeds (target {target})\n"
+                          for c in found), end="", flush=True)
+        return found
+
+    if target is not None:
+        adaptation = adapt(_first_wave(jobs), run_wave, read, target, max_seeds)
+        return Batch(outcomes, adaptation.comparisons, adaptation)
+    outcomes = run_jobs(jobs, settings, max_parallel, threads, verbose)
+    return Batch(outcomes, _current(grid_files, settings, names) if write_comparisons else [])
+
+
+def verdict_lines(comparisons: Sequence[Comparison]) -> list[str]:
+    """One line per variant: its verdict, and the seeds a failed run left out of its pairing."""
+    return [f"{c.variant}: {c.verdict}" + (f" (seeds {list(c.excluded_seeds)} left out: a run failed)"
+                                            if c.excluded_seeds else "") for c in comparisons]
+
+
 def run_ablation(grid_files: str | Path | Sequence[str | Path], variants: Sequence[str] | None = None,
                  seeds: Sequence[int] = (0, 1), base_pretrain_cfg: str | Path | None = None,
                  base_linear_cfg: str | Path | None = None, results_root: str | Path = "results",
@@ -272,7 +443,7 @@ def run_ablation(grid_files: str | Path | Sequence[str | Path], variants: Sequen
 
     ``base_pretrain_cfg`` / ``base_linear_cfg`` default to each grid's ``base`` / ``linear``; relative
     ``results_root`` resolves against the current folder. ``pretrain_overrides`` / ``linear_overrides`` apply to
-    every job (e.g. a shorter budget).
+    every job (e.g. a shorter budget). The study's comparisons are written to ``<results_root>/<study>/``.
     """
     files = [grid_files] if isinstance(grid_files, str | Path) else list(grid_files)
     settings = Settings(results_dir=Path(results_root).resolve(), study=study,
@@ -280,8 +451,7 @@ def run_ablation(grid_files: str | Path | Sequence[str | Path], variants: Sequen
                         linear_config=Path(base_linear_cfg) if base_linear_cfg else None,
                         pretrain_overrides=tuple(pretrain_overrides), linear_overrides=tuple(linear_overrides),
                         launch=launch or Launch())
-    jobs = plan(files, settings, variants, seeds)
-    return run_jobs(jobs, settings, max_parallel, threads, verbose)
+    return run_batch(files, settings, variants, seeds, max_parallel, threads, verbose).outcomes
 
 
 def outcome_rows(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:

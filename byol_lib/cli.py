@@ -6,10 +6,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from byol_lib.config import ConfigError, config_kind, load_config
 from byol_lib.export import add_convert_arguments, add_extract_arguments, run_convert, run_extract
 from byol_lib.pipeline import ABLATION_CHOICES
+
+if TYPE_CHECKING:
+    from byol_lib.ablation import Job, Settings
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -179,11 +183,38 @@ def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus", "--devices", default=None, help="pretrain each job on these GPUs, e.g. 0,1,2,3")
     parser.add_argument("--emit-commands", action="store_true", help="print one command per job, run nothing")
     parser.add_argument("--emit-slurm", default=None, metavar="PATH", help="write a SLURM array script, run nothing")
+    parser.add_argument("--target-halfwidth", type=float, default=None, metavar="POINTS",
+                        help="after --seeds, add seeds in waves until every variant's paired 95%% interval against "
+                             "the baseline is at most ± POINTS top-1 points (with --emit-*: only the next wave)")
+    parser.add_argument("--max-seeds", type=int, default=None,
+                        help="with --target-halfwidth: at most this many seeds per variant, failed runs included "
+                             "(default 8)")
+    parser.add_argument("--no-comparisons", action="store_true",
+                        help="do not write <output-dir>/<study>/comparisons.json/.csv (each job's own command)")
+
+
+def adaptive_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with ``byol ablate``'s adaptive flags, if anything."""
+    if args.target_halfwidth is None:
+        return "--max-seeds needs --target-halfwidth" if args.max_seeds is not None else None
+    if not args.target_halfwidth > 0:
+        return f"--target-halfwidth must be > 0 points, got {args.target_halfwidth}"
+    if args.no_comparisons:
+        return "--no-comparisons cannot go with --target-halfwidth: the waves are planned from the comparisons"
+    seeds = len(set(args.seeds))
+    if args.max_seeds is not None and args.max_seeds < seeds:
+        return f"--max-seeds {args.max_seeds} is smaller than the {seeds} seeds of --seeds; raise it or pass fewer"
+    return None
 
 
 def run_ablate(args: argparse.Namespace) -> int:
     from byol_lib import ablation
+    from byol_lib.comparisons import JSON_NAME, comparisons_folder
 
+    problem = adaptive_problem(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     settings = ablation.Settings(
         results_dir=Path(args.output_dir).resolve(), study=args.study,
         pretrain_config=Path(args.config).resolve() if args.config else None,
@@ -191,23 +222,45 @@ def run_ablate(args: argparse.Namespace) -> int:
         pretrain_overrides=tuple(o for group in args.override for o in group),
         linear_overrides=tuple(o for group in args.linear_override for o in group),
         launch=ablation.Launch(args.nproc_per_node, args.gpus))
+    grids = [f for group in args.grid for f in group]
+    written = f"comparisons: {comparisons_folder(settings.results_dir, settings.study) / JSON_NAME}"
+    target = args.target_halfwidth
+    max_seeds = ablation.DEFAULT_MAX_SEEDS if args.max_seeds is None else args.max_seeds
     try:
-        jobs = ablation.plan([f for group in args.grid for f in group], settings, args.variants, args.seeds)
+        if args.emit_commands or args.emit_slurm:
+            if target is None:
+                return _emit(ablation.plan(grids, settings, args.variants, args.seeds), settings, args)
+            jobs, standing = ablation.next_jobs(grids, settings, args.variants, args.seeds, target, max_seeds)
+            if standing is not None:
+                print("\n".join([*ablation.verdict_lines(standing.comparisons), written]), file=sys.stderr)
+                if not jobs:
+                    print(f"{standing.message}: no wave left to run", file=sys.stderr)
+            return _emit(jobs, settings, args)
+        batch = ablation.run_batch(grids, settings, args.variants, args.seeds, args.max_parallel, args.threads,
+                                   target=target, max_seeds=max_seeds, write_comparisons=not args.no_comparisons)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if args.emit_commands or args.emit_slurm:
-        if args.emit_commands:
-            print("\n".join(ablation.emit_commands(jobs, settings)))
-        if args.emit_slurm:
-            Path(args.emit_slurm).write_text(ablation.slurm_script(jobs, settings, args.max_parallel))
-            print(f"wrote {args.emit_slurm}: sbatch it to run {len(jobs)} jobs as an array", file=sys.stderr)
-        return 0
-    outcomes = ablation.run_jobs(jobs, settings, args.max_parallel, args.threads)
-    failed = [o for o in outcomes if o.status != "finished"]
-    print(f"{len(outcomes) - len(failed)} of {len(outcomes)} jobs finished in {settings.results_dir}"
-          + "".join(f"\n  failed: {o.job.pretrain_id}: {o.error}" for o in failed), flush=True)
+    failed = [o for o in batch.outcomes if o.status != "finished"]
+    lines = [f"{len(batch.outcomes) - len(failed)} of {len(batch.outcomes)} jobs finished in {settings.results_dir}",
+             *(f"  failed: {o.job.pretrain_id}: {o.error}" for o in failed),
+             *(f"  {line}" for line in ablation.verdict_lines(batch.comparisons)),
+             *([batch.adaptation.message] if batch.adaptation else []),
+             *([] if args.no_comparisons else [written])]
+    print("\n".join(lines), flush=True)
     return 1 if failed else 0
+
+
+def _emit(jobs: list[Job], settings: Settings, args: argparse.Namespace) -> int:
+    """Print the jobs' commands and/or write their SLURM array script (none for no jobs)."""
+    from byol_lib import ablation
+
+    if args.emit_commands and jobs:
+        print("\n".join(ablation.emit_commands(jobs, settings)))
+    if args.emit_slurm and jobs:
+        Path(args.emit_slurm).write_text(ablation.slurm_script(jobs, settings, args.max_parallel))
+        print(f"wrote {args.emit_slurm}: sbatch it to run {len(jobs)} jobs as an array", file=sys.stderr)
+    return 0
 
 
 def train_parser() -> argparse.ArgumentParser:

@@ -1,11 +1,15 @@
-"""Statistics of an ablation over seeds: mean ± std, the difference of two means with a Welch t interval, and
-rank agreement (Spearman, Kendall tau-b). Pure numpy and ``math``; the Student-t quantile comes from the
-regularised incomplete beta function (a continued fraction), so no scipy is needed.
+"""Statistics of an ablation over seeds: mean ± std, the difference of two means with a paired or a Welch t
+interval, bootstrap intervals, resolution (minimum detectable effect, seeds needed for a half-width) and rank
+agreement (Spearman, Kendall tau-b). Pure numpy and ``math``; the Student-t quantile comes from the regularised
+incomplete beta function (a continued fraction), so no scipy is needed.
 
-Why Welch and not a paired interval: a variant and the baseline need not share their seeds (the baseline is
-often run with more seeds, or pooled from several grids), their spreads differ (a collapsing variant varies far
-more), and the same seed does not give the two runs the same random stream once a variant changes the
-augmentations. Welch's interval assumes neither equal variances nor pairing.
+Paired first: a variant and the baseline run with the same seed share their initialisation, data order and
+augmentation draws (each sample's views come from a generator seeded by seed, step and image) and are evaluated
+on the same validation images, so much of the seed-to-seed noise is common to both and cancels in the per-seed
+difference (common random numbers). The paired interval uses only the spread of those differences; it stays valid
+when a variant changes the random stream (then it is just no narrower). Welch's interval is for unpaired cases:
+arms that do not share their seeds (a baseline run with more seeds, or pooled from several grids); it assumes
+neither equal variances nor pairing.
 """
 
 from __future__ import annotations
@@ -83,9 +87,14 @@ def t_quantile(p: float, df: float) -> float:
     return 0.5 * (low + high)
 
 
+def _two_sided(confidence: float, df: float) -> float:
+    """t_{(1 + confidence) / 2, df}: the multiplier of a two-sided ``confidence`` interval."""
+    return t_quantile(0.5 + confidence / 2.0, df)
+
+
 @dataclass(frozen=True)
 class Difference:
-    """mean(a) - mean(b) with its Welch interval (NaN when either side has fewer than two values)."""
+    """mean(a) - mean(b) with its t interval, Welch or paired (NaN when it has too few values)."""
 
     delta: float
     low: float
@@ -96,6 +105,11 @@ class Difference:
     @property
     def excludes_zero(self) -> bool:
         return bool(self.low > 0 or self.high < 0)
+
+    @property
+    def half(self) -> float:
+        """The interval's half-width (NaN without an interval)."""
+        return (self.high - self.low) / 2.0
 
 
 def welch_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> Difference:
@@ -109,8 +123,99 @@ def welch_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0
     if se == 0.0:
         return Difference(delta, delta, delta, math.nan, 0.0)
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = t_quantile(0.5 + confidence / 2.0, df) * se
+    half = _two_sided(confidence, df) * se
     return Difference(delta, delta - half, delta + half, df, se)
+
+
+def paired_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> Difference:
+    """The paired t interval for mean(a - b), a[i] and b[i] from the same seed: d_i = a_i - b_i,
+    se = sd(d) / sqrt(n), df = n - 1, mean(d) ± t_{(1 + confidence) / 2, n - 1} se (NaN below two pairs)."""
+    if len(a) != len(b):
+        raise ValueError(f"a and b differ in length ({len(a)} vs {len(b)}); pair them by seed")
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    delta, sd = mean_std(d)
+    if d.size < 2:
+        return Difference(delta, math.nan, math.nan, math.nan, math.nan)
+    se = sd / math.sqrt(d.size)
+    half = _two_sided(confidence, d.size - 1) * se if se else 0.0
+    return Difference(delta, delta - half, delta + half, d.size - 1, se)
+
+
+_CHUNK = 1 << 22  # resampled image counts held at once (replicates x images)
+
+
+def _resample_counts(rng: np.random.Generator, n: int, reps: int) -> np.ndarray:
+    """How often each of ``n`` items is drawn in each of ``reps`` resamples of size ``n``: [reps, n], each row
+    Multinomial(n, 1/n)."""
+    draws = rng.integers(0, n, size=(reps, n)) + n * np.arange(reps)[:, None]
+    return np.bincount(draws.ravel(), minlength=reps * n).reshape(reps, n)
+
+
+def _percentiles(replicates: np.ndarray, confidence: float) -> tuple[float, float]:
+    low, high = np.quantile(replicates, [0.5 - confidence / 2.0, 0.5 + confidence / 2.0])
+    return float(low), float(high)
+
+
+def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, reps: int = 2000, confidence: float = 0.95,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """Two-stage bootstrap of the accuracy difference in points, 100 mean(correct_a - correct_b), with its
+    percentile interval: (mean, low, high).
+
+    ``correct_a`` / ``correct_b``: [S seeds, N images] correctness (bool or 0/1), row s of both from seed s, the
+    same images in the same order. A replicate draws seed counts u ~ Multinomial(S, 1/S) (the same seeds for both
+    arms: pairing) and image counts w ~ Multinomial(N, 1/N) (the same images for both arms and every seed: the
+    validation set is shared); its statistic is 100 u·(D w) / (S N) with D = correct_a - correct_b. With S = 1
+    it is a bootstrap over images alone.
+    """
+    a, b = np.asarray(correct_a, dtype=float), np.asarray(correct_b, dtype=float)
+    if a.shape != b.shape or a.ndim != 2 or a.size == 0:
+        raise ValueError(f"need two non-empty [seeds, images] arrays of one shape; got {a.shape} and {b.shape}")
+    seeds, images = a.shape
+    diff = a - b
+    rng = np.random.default_rng(seed)
+    replicates = np.empty(reps)
+    chunk = max(1, _CHUNK // images)
+    for start in range(0, reps, chunk):
+        size = min(chunk, reps - start)
+        per_seed = _resample_counts(rng, images, size) @ diff.T  # [size, S]: D w of each replicate
+        replicates[start:start + size] = (_resample_counts(rng, seeds, size) * per_seed).sum(axis=1)
+    replicates *= 100.0 / (seeds * images)
+    return (100.0 * float(diff.mean()), *_percentiles(replicates, confidence))
+
+
+def seed_bootstrap(a: Sequence[float], b: Sequence[float], reps: int = 2000, confidence: float = 0.95,
+                   seed: int = 0) -> tuple[float, float, float]:
+    """Bootstrap of mean(a - b) over seed pairs, in the units of a and b, with its percentile interval:
+    (mean, low, high). A replicate draws u ~ Multinomial(S, 1/S); its statistic is u·d / S, d_i = a_i - b_i."""
+    if len(a) != len(b) or not len(a):
+        raise ValueError(f"need two non-empty sequences of one length, paired by seed; got {len(a)} and {len(b)}")
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    replicates = _resample_counts(np.random.default_rng(seed), d.size, reps) @ d / d.size
+    return (float(d.mean()), *_percentiles(replicates, confidence))
+
+
+def min_detectable_effect(sd: float, n: int, confidence: float = 0.95, power: float = 0.8) -> float:
+    """(t_{1 - alpha/2, n-1} + t_{power, n-1}) sd / sqrt(n), alpha = 1 - confidence: the smallest true paired
+    difference that a paired t test at ``confidence`` detects with probability ``power`` (NaN below n = 2)."""
+    if n < 2:
+        return math.nan
+    return (_two_sided(confidence, n - 1) + t_quantile(power, n - 1)) * sd / math.sqrt(n)
+
+
+def seeds_needed(sd: float, halfwidth: float, confidence: float = 0.95, max_n: int = 1000) -> int | None:
+    """The smallest n >= 2 with t_{(1 + confidence) / 2, n-1} sd / sqrt(n) <= halfwidth (None above ``max_n``).
+
+    The search starts at the normal bound n >= (z sd / halfwidth)² (t_{n-1} > z), so it takes a few steps.
+    """
+    if not (halfwidth > 0 and 0 <= sd < math.inf):
+        raise ValueError(f"need halfwidth > 0 and a finite sd >= 0; got halfwidth={halfwidth}, sd={sd}")
+    z = _two_sided(confidence, 1e8)
+    n = max(2, math.floor((z * sd / halfwidth) ** 2))
+    while n <= max_n:
+        if _two_sided(confidence, n - 1) * sd / math.sqrt(n) <= halfwidth:
+            return n
+        n += 1
+    return None
 
 
 def ranks(values: Sequence[float]) -> np.ndarray:
