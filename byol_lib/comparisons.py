@@ -28,13 +28,13 @@ import numpy as np
 import pandas as pd
 
 from byol_lib import registry, stats
+from byol_lib.linear import PREDICTIONS
 from byol_lib.results import write_json_atomic
 from byol_lib.variants import BASELINE, load_grid
 
 CONFIDENCE, POWER = 0.95, 0.8
 HALFWIDTHS = (1, 2, 5)  # points: the power table's target half-widths
 BOOTSTRAP_REPS = 2000
-PREDICTIONS = "predictions.npz"  # a linear run's per-image predictions: labels, linear, knn_k<k>
 JSON_NAME, CSV_NAME = "comparisons.json", "comparisons.csv"
 
 
