@@ -263,6 +263,46 @@ def _emit(jobs: list[Job], settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def add_noise_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--epochs", type=int, nargs="+", default=[2, 4, 8], help="pretraining budgets to measure")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(8)), help="pretraining seeds per budget")
+    parser.add_argument("--head-seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="linear-evaluation seeds per backbone (held-out split, head init, batch order)")
+    parser.add_argument("--val-images", type=int, default=5000, help="validation images of the head-seed evaluations")
+    parser.add_argument("--standard-val", type=int, default=1000,
+                        help="the validation size the decomposition uses (the ablation runs' own)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[250, 500, 1000, 2500, 5000],
+                        help="validation-set sizes of the image-noise table")
+    parser.add_argument("--grid", default="configs/ablations/augmentations.yaml",
+                        help="the grid whose baseline (base and linear configs) is measured")
+    parser.add_argument("--output-dir", default="results", help="results folder")
+    parser.add_argument("--max-parallel", type=int, default=None, help="pretraining runs at once")
+    parser.add_argument("-o", "--override", action="append", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override a pretraining key of every run")
+    parser.add_argument("--linear-override", action="append", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override a linear-evaluation key")
+
+
+def run_noise(args: argparse.Namespace) -> int:
+    from byol_lib import noise
+
+    sizes = [n for n in args.sizes if n <= args.val_images]
+    if len(args.seeds) < 2 or len(args.head_seeds) < 2 or not 0 < args.standard_val <= args.val_images:
+        print("error: a noise budget needs >= 2 --seeds, >= 2 --head-seeds and 0 < --standard-val <= --val-images",
+              file=sys.stderr)
+        return 2
+    try:
+        path = noise.measure(args.output_dir, args.epochs, args.seeds, args.head_seeds, args.val_images,
+                             args.standard_val, sizes, args.max_parallel,
+                             [o for group in args.override for o in group],
+                             [o for group in args.linear_override for o in group], grid_file=args.grid)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"noise budget: {path}", flush=True)
+    return 0
+
+
 def train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tools/train.py",
                                      description="BYOL pretraining or linear evaluation (PASSL-compatible flags)")
@@ -291,6 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_extract_arguments(ext)
     abl = commands.add_parser("ablate", help="an ablation grid: variants x seeds, each pretrained and evaluated")
     add_ablate_arguments(abl)
+    noise_cmd = commands.add_parser("noise-budget", help="measure training, head and image noise of the baseline")
+    add_noise_arguments(noise_cmd)
     conv = commands.add_parser("convert", help="rename a ResNet backbone to PaddleClas names (passl2ppclas)")
     add_convert_arguments(conv)
     args = parser.parse_args(argv)
@@ -302,6 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_convert(args)
     if args.command == "ablate":
         return run_ablate(args)
+    if args.command == "noise-budget":
+        return run_noise(args)
     launching = args.nproc_per_node or args.devices or args.nnodes > 1
     return launch_from_args(args) if launching else run_config(args)
 

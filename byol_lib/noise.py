@@ -22,13 +22,12 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import paddle
 
-from byol_lib.data.datasets import ImageDataset
-from byol_lib.evaluate import LinearEvalSettings, linear_eval
+from byol_lib.evaluate import linear_eval
 
 
 @dataclass(frozen=True)
@@ -46,16 +45,6 @@ class NoiseBudget:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def head_seed_correctness(backbone: paddle.nn.Layer, train: ImageDataset, test: ImageDataset, aug: dict[str, Any],
-                          settings: LinearEvalSettings, head_seeds: Sequence[int]) -> np.ndarray:
-    """``[len(head_seeds), N_test]`` bool: which test images each head seed's linear evaluation gets right."""
-    rows = []
-    for seed in head_seeds:
-        result = linear_eval(backbone, train, test, aug, dataclasses.replace(settings, seed=seed))
-        rows.append(result.test_predictions == result.test_labels)
-    return np.stack(rows)
 
 
 def decompose(correct: np.ndarray) -> NoiseBudget:
@@ -100,3 +89,77 @@ def paired_noise(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, floa
     image = 100.0 * np.sqrt((p01 + p10 - (p01 - p10) ** 2) / a.shape[1])
     return {"mean_difference": float(diff.mean()), "difference_sd": float(diff.std(ddof=1)) if len(diff) > 1
             else math.nan, "image_sd_of_difference": float(image.mean())}
+
+
+# ----------------------------------------------------------------------------- measuring a budget
+
+BUDGET_FOLDER = "noise-budget"  # under the results folder: per-backbone head-seed evaluations and the budget
+AUGMENTATION_GRID = "configs/ablations/augmentations.yaml"
+
+
+def _backbone_correctness(pretrain_run: Path, linear_cfg: dict[str, Any], head_seeds: Sequence[int],
+                          val_images: int) -> np.ndarray:
+    """``[H, N]``: head seeds' correctness on the first ``val_images`` validation images, features computed once."""
+    from byol_lib.data.datasets import build_dataset
+    from byol_lib.evaluate import compute_features
+    from byol_lib.linear import build_backbone, load_pretrained, settings_from
+
+    train = build_dataset(linear_cfg["dataloader"]["train"]["dataset"], "train")
+    test = build_dataset({**linear_cfg["dataloader"]["val"]["dataset"], "num_images": val_images}, "val")
+    backbone = build_backbone(linear_cfg)
+    load_pretrained(backbone, str(pretrain_run))
+    settings = settings_from(linear_cfg, 1, len(train), len(train.classes))
+    aug = linear_cfg["augmentation"]
+    features = tuple(compute_features(backbone, split, aug, batch_size=settings.batch_size) for split in (train, test))
+    rows = []
+    for seed in head_seeds:
+        result = linear_eval(backbone, train, test, aug, dataclasses.replace(settings, seed=seed), features=features)
+        rows.append(result.test_predictions == result.test_labels)
+    return np.stack(rows)
+
+
+def measure(results_dir: str | Path, epochs: Sequence[int], seeds: Sequence[int], head_seeds: Sequence[int],
+            val_images: int, standard_val: int, sizes: Sequence[int], max_parallel: int | None = None,
+            pretrain_overrides: Sequence[str] = (), linear_overrides: Sequence[str] = (),
+            grid_file: str | Path = AUGMENTATION_GRID, verbose: bool = True) -> Path:
+    """Pretrain the grid's baseline for every ``epochs`` x ``seeds`` (named runs ``noise-e<E>-...``,
+    skipped when finished), evaluate each backbone with every head seed on ``val_images`` validation images
+    (cached per backbone), and write ``<results>/noise-budget/noise_budget.json``: per budget the decomposition
+    on the first ``standard_val`` images (the size the ablation runs use) and the image noise by size."""
+    from byol_lib.ablation import run_ablation
+    from byol_lib.config import load_config
+    from byol_lib.results import repo_root, write_arrays_atomic, write_json_atomic
+    from byol_lib.variants import load_grid
+
+    root, results = repo_root(), Path(results_dir).resolve()
+    folder = results / BUDGET_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    grid = load_grid(root / grid_file)
+    budgets = []
+    for epoch_count in epochs:
+        study = f"noise-e{epoch_count}"
+        run_ablation(grid.source, ["baseline"], seeds, results_root=results, max_parallel=max_parallel,
+                     study=study, pretrain_overrides=[*pretrain_overrides, f"epochs={epoch_count}"],
+                     linear_overrides=["linear_eval.random_init_baseline=False", *linear_overrides], verbose=verbose)
+        linear_cfg = load_config(grid.linear, list(linear_overrides))
+        correct = []
+        for seed in seeds:
+            cache = folder / f"e{epoch_count}-s{seed}-h{'-'.join(map(str, head_seeds))}-n{val_images}.npz"
+            if not cache.is_file():
+                run = results / f"{study}-baseline-pretrain-s{seed}"
+                write_arrays_atomic(cache, {"correct": _backbone_correctness(
+                    run, {**linear_cfg, "seed": seed}, head_seeds, val_images)})
+            with np.load(cache) as saved:
+                correct.append(saved["correct"])
+        stacked = np.stack(correct)  # [seeds, heads, images]
+        budget = decompose(stacked[:, :, :standard_val]).as_dict()
+        budgets.append({"epochs": epoch_count, **budget, "image_noise": image_noise_by_size(stacked, sizes),
+                        "top1_by_seed": (100.0 * stacked[:, 0, :standard_val].mean(axis=1)).tolist()})
+        if verbose:
+            print(f"== noise budget, {epoch_count} epochs: top-1 {budget['mean_top1']:.1f}, single-run sd "
+                  f"{budget['single_run_sd']:.2f} = training {budget['training_sd']:.2f} (+) head "
+                  f"{budget['head_sd']:.2f}; image {budget['image_sd']:.2f} points", flush=True)
+    out = folder / "noise_budget.json"
+    write_json_atomic(out, {"seeds": list(seeds), "head_seeds": list(head_seeds), "val_images": val_images,
+                            "standard_val": standard_val, "budgets": budgets})
+    return out

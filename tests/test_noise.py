@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from byol_lib.noise import decompose, image_noise_by_size, paired_noise
+from byol_lib.noise import decompose, image_noise_by_size, measure, paired_noise
+
+from .conftest import TINY_GRID
 
 
 def _simulated(training_sd: float, head_sd: float, seeds: int, heads: int, images: int, seed: int = 0) -> np.ndarray:
@@ -62,3 +66,24 @@ def test_paired_noise_by_hand() -> None:
     # seed 0: p01 = 1/4, p10 = 0; seed 1: p01 = 2/4, p10 = 0
     expected = [100 * math.sqrt((0.25 - 0.25**2) / 4), 100 * math.sqrt((0.5 - 0.5**2) / 4)]
     assert out["image_sd_of_difference"] == pytest.approx(np.mean(expected))
+
+
+@pytest.mark.slow
+def test_measure_end_to_end_agrees_with_the_standard_linear_runs(tmp_path: Path) -> None:
+    """Two tiny seeds x two head seeds: the head seed equal to the pretraining seed reproduces the standard
+    linear run's own per-image predictions on the validation images they share."""
+    grid = tmp_path / "tiny.yaml"
+    grid.write_text(TINY_GRID)
+    out = measure(tmp_path / "results", epochs=[1], seeds=[0, 1], head_seeds=[0, 1], val_images=150,
+                  standard_val=100, sizes=[50, 150], max_parallel=1, grid_file=grid, verbose=False)
+    budget = json.loads(out.read_text())["budgets"][0]
+    assert budget["epochs"] == 1 and budget["seeds"] == 2 and budget["images"] == 100
+    for seed in (0, 1):
+        with np.load(tmp_path / "results" / f"noise-e1-baseline-linear-s{seed}" / "predictions.npz") as saved:
+            standard = saved["linear"] == saved["labels"]
+        cached = next((tmp_path / "results" / "noise-budget").glob(f"e1-s{seed}-*.npz"))
+        with np.load(cached) as saved:
+            assert saved["correct"].shape == (2, 150)
+            np.testing.assert_array_equal(saved["correct"][seed, :100], standard)
+        assert budget["top1_by_seed"][seed] == pytest.approx(100 * np.load(cached)["correct"][0, :100].mean())
+    assert [row["images"] for row in budget["image_noise"]] == [50, 150]
