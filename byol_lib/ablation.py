@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from byol_lib import results, runtime
-from byol_lib.comparisons import CONFIDENCE, Comparison, compare, comparisons_folder, save_comparisons
+from byol_lib.comparisons import CONFIDENCE, Comparison, write_comparisons
 from byol_lib.config import ConfigError, load_config
 from byol_lib.stats import seeds_needed
 from byol_lib.variants import BASELINE, Grid, Variant, load_grid, variant_config, variant_overrides
@@ -353,8 +353,7 @@ def _first_wave(jobs: Sequence[Job]) -> Wave:
 
 def _current(grid_files: Sequence[str | Path], settings: Settings, names: Sequence[str]) -> list[Comparison]:
     """The study's comparisons, written to ``<results>/<study>/``; those of ``names`` returned."""
-    everything = compare(settings.results_dir, settings.study, grid_files)
-    save_comparisons(everything, comparisons_folder(settings.results_dir, settings.study))
+    everything = write_comparisons(settings.results_dir, settings.study, grid_files)
     return [c for c in everything if c.variant in names]
 
 

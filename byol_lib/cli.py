@@ -133,10 +133,15 @@ def add_reproduce_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ablation", default=None, choices=ABLATION_CHOICES,
                         help="ablation set after the main runs (default: reduced for the default profile, none "
                              "otherwise; full = every variant of configs/ablations/)")
-    parser.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1], help="seeds of every variant")
+    parser.add_argument("--ablation-seeds", type=int, nargs="+", default=None,
+                        help="first seeds of every variant (default: the study file's)")
     parser.add_argument("--ablation-override", action="append", nargs="+", default=None, metavar="KEY=VALUE",
-                        help="pretraining overrides of the ablation runs, replacing the profile's budget "
-                             "(default profile: epochs=2)")
+                        help="pretraining overrides of the ablation runs, replacing the study's budget "
+                             "(default profile: configs/ablations/default_study.yaml)")
+    parser.add_argument("--target-halfwidth", type=float, default=None, metavar="POINTS",
+                        help="add seeds until every paired 95%% interval is within ± POINTS (default: the study's)")
+    parser.add_argument("--max-seeds", type=int, default=None, help="at most this many seeds per variant "
+                        "(default: the study's)")
     parser.add_argument("--max-parallel", type=int, default=None,
                         help="ablation runs at once (default: one per core, one thread each)")
 
@@ -155,7 +160,8 @@ def run_reproduce(args: argparse.Namespace) -> int:
                          report=args.report or None, ablation=args.ablation, ablation_seeds=args.ablation_seeds,
                          ablation_overrides=None if args.ablation_override is None
                          else [o for group in args.ablation_override for o in group],
-                         max_parallel=args.max_parallel)
+                         max_parallel=args.max_parallel, target_halfwidth=args.target_halfwidth,
+                         max_seeds=args.max_seeds)
     except (ConfigError, DatasetError, ExportError, NotebookError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

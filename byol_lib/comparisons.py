@@ -35,7 +35,7 @@ from byol_lib.variants import BASELINE, load_grid
 CONFIDENCE, POWER = 0.95, 0.8
 HALFWIDTHS = (1, 2, 5)  # points: the power table's target half-widths
 BOOTSTRAP_REPS = 2000
-JSON_NAME, CSV_NAME = "comparisons.json", "comparisons.csv"
+JSON_NAME, CSV_NAME, AGREEMENT_NAME = "comparisons.json", "comparisons.csv", "agreement.json"
 
 
 @dataclass(frozen=True)
@@ -200,6 +200,35 @@ def compare(results_dir: str | Path | None = None, study: str = "ablation",
     return out
 
 
+def agreement(comparisons: Sequence[Comparison], paper_baseline: float, reps: int = BOOTSTRAP_REPS,
+              seed: int = 0) -> list[dict[str, Any]]:
+    """Per grid, how the measured changes agree with the paper's (``paper_top1 - paper_baseline``) over the rows
+    that have a paper number and >= 2 paired seeds: Spearman's rank correlation with a bootstrap interval (each
+    row's seeds resampled with replacement, the mean changes ranked again), Kendall's tau-b, and how many rows
+    resolve a change of the paper's sign, resolve the opposite sign, or resolve none."""
+    out = []
+    for grid in sorted({c.grid for c in comparisons if c.grid}):
+        rows = [c for c in comparisons if c.grid == grid and c.paper_top1 is not None and c.n >= 2]
+        if len(rows) < 3:
+            continue
+        paper = np.array([c.paper_top1 - paper_baseline for c in rows])
+        measured = np.array([c.paired.delta for c in rows])
+        rng = np.random.default_rng(seed)
+        draws = np.array([[float(np.mean(rng.choice(c.differences, c.n))) for c in rows] for _ in range(reps)])
+        boot = [stats.spearman(d, paper) for d in draws]
+        alpha = 100 * (1 - CONFIDENCE) / 2
+        signs = [np.sign(c.paired.delta) if c.paired.excludes_zero else 0.0 for c in rows]
+        out.append({"grid": grid, "rows": len(rows), "variants": [c.variant for c in rows],
+                    "spearman": _json_safe(stats.spearman(measured, paper)),
+                    "spearman_low": _json_safe(float(np.nanpercentile(boot, alpha))),
+                    "spearman_high": _json_safe(float(np.nanpercentile(boot, 100 - alpha))),
+                    "kendall_tau_b": _json_safe(stats.kendall_tau_b(measured, paper)),
+                    "sign_agrees": int(sum(s != 0 and s == np.sign(p) for s, p in zip(signs, paper, strict=True))),
+                    "sign_disagrees": int(sum(s != 0 and s != np.sign(p) for s, p in zip(signs, paper, strict=True))),
+                    "unresolved": int(sum(s == 0 for s in signs))})
+    return out
+
+
 def comparisons_folder(results_dir: str | Path | None, study: str) -> Path:
     return registry.results_path(results_dir) / study
 
@@ -221,6 +250,14 @@ def save_comparisons(comparisons: Sequence[Comparison], folder: Path) -> Path:
 
 
 def write_comparisons(results_dir: str | Path | None, study: str,
-                      grid_files: Sequence[str | Path] | None = None) -> Path:
-    """``compare`` a study and save the result in ``<results_dir>/<study>/``; return the JSON file."""
-    return save_comparisons(compare(results_dir, study, grid_files), comparisons_folder(results_dir, study))
+                      grid_files: Sequence[str | Path] | None = None) -> list[Comparison]:
+    """``compare`` a study, save the result in ``<results_dir>/<study>/`` (with ``agreement.json`` when the grid
+    files give the paper's baseline) and return it."""
+    comparisons = compare(results_dir, study, grid_files)
+    folder = comparisons_folder(results_dir, study)
+    save_comparisons(comparisons, folder)
+    baselines = [v.paper_top1 for g in grid_files or () for v in load_grid(g).variants
+                 if v.name == BASELINE and v.paper_top1 is not None]
+    if baselines:
+        write_json_atomic(folder / AGREEMENT_NAME, agreement(comparisons, baselines[0]))
+    return comparisons

@@ -9,12 +9,12 @@ re-running skips finished steps and resumes an interrupted pretraining from its 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import paddle
 
-from byol_lib.ablation import outcome_rows, run_ablation
+from byol_lib.ablation import Settings, outcome_rows, run_batch, verdict_lines
 from byol_lib.checkpoint import latest_checkpoint
 from byol_lib.config import ConfigError, load_config
 from byol_lib.distributed import run_pretraining
@@ -22,6 +22,7 @@ from byol_lib.export import convert_file, extract_file
 from byol_lib.linear import run_linear_eval
 from byol_lib.notebook import build_report
 from byol_lib.results import read_summary, repo_root
+from byol_lib.variants import Study, load_study
 
 
 @dataclass(frozen=True)
@@ -36,33 +37,37 @@ class Profile:
     needs_gpu: bool
     paddleclas_type: str
     ablation: str = "none"  # the ablation set run by default: "none", "reduced" or "full"
-    ablation_overrides: tuple[str, ...] = ()  # pretraining overrides of every ablation run (its budget)
-    ablation_linear_overrides: tuple[str, ...] = ()  # linear-evaluation overrides of every ablation run
+    study_budget: bool = False  # ablation runs take the study file's budget (else the profile's own configs)
 
 
-ABLATION_GRIDS = {  # set name -> (grid files, variants; None = every variant of the files)
-    "reduced": (("configs/ablations/augmentations.yaml", "configs/ablations/passl_deviations.yaml"),
-                ("baseline", "no_color", "crop_only", "no_blur", "d1_frozen_target", "d2_per_tap_blur", "passl_head")),
-    "full": (("configs/ablations/augmentations.yaml", "configs/ablations/passl_deviations.yaml",
-              "configs/ablations/tau.yaml", "configs/ablations/batch.yaml"), None),
-}
-ABLATION_CHOICES = ("none", *ABLATION_GRIDS)
-# The default profile's ablation runs are shorter than its main run, so that the reduced set x 2 seeds fits the
-# 30-minute budget of ./run_all.sh on 2 cores (README "The default reproduction"); --ablation-override replaces it.
-ABLATION_BUDGET = ("epochs=2",)
-# The main run already evaluates a random-init backbone; a copy in every ablation run costs ~18 s each.
-ABLATION_LINEAR_OVERRIDES = ("linear_eval.random_init_baseline=False",)
+# The reduced set: variants, budget, seeds and the adaptive-seed target, with the reasoning behind them
+# (measured noise budget) in the file's comments. "full": every variant of every grid file, same budget.
+DEFAULT_STUDY = "configs/ablations/default_study.yaml"
+ALL_GRIDS = ("configs/ablations/augmentations.yaml", "configs/ablations/passl_deviations.yaml",
+             "configs/ablations/tau.yaml", "configs/ablations/batch.yaml")
+ABLATION_CHOICES = ("none", "reduced", "full")
 
 
 PROFILES = {
     "default": Profile("default", "configs/byol/byol_r18_synthetic.yaml", "configs/byol/linear_synthetic.yaml",
                        "", needs_data=False, needs_gpu=False, paddleclas_type="res18", ablation="reduced",
-                       ablation_overrides=ABLATION_BUDGET, ablation_linear_overrides=ABLATION_LINEAR_OVERRIDES),
+                       study_budget=True),
     "cifar10": Profile("cifar10", "configs/byol/byol_r18_cifar10.yaml", "configs/byol/linear_cifar10.yaml",
                        "CIFAR10", needs_data=True, needs_gpu=False, paddleclas_type="res18"),
     "imagenet": Profile("imagenet", "configs/byol/byol_r50_IM.yaml", "configs/byol/byol_clas_r50.yaml",
                         "ImageNet", needs_data=True, needs_gpu=True, paddleclas_type="res50"),
 }
+
+
+def ablation_study(profile: Profile, ablation: str) -> Study:
+    """The study an ablation set runs for a profile: the default study file, all grids for "full"; profiles other
+    than the embedded default keep their configs' own budget (full-length runs, the seeds as given)."""
+    study = load_study(repo_root() / DEFAULT_STUDY)
+    if ablation == "full":
+        study = replace(study, grids=tuple(repo_root() / g for g in ALL_GRIDS), variants=None)
+    if not profile.study_budget:
+        study = replace(study, pretrain_overrides=(), target_halfwidth=None, max_seeds=len(study.seeds))
+    return study
 
 
 def data_overrides(profile: Profile, data: str | None) -> tuple[list[str], list[str]]:
@@ -86,13 +91,14 @@ def reproduce(profile_name: str = "default", data: str | None = None, seeds: Seq
               gpus: str | None = None, nproc: int | None = None, output_dir: str | Path = "results",
               pretrain_overrides: Sequence[str] = (), linear_overrides: Sequence[str] = (),
               report: str | Path | None = None, ablation: str | None = None,
-              ablation_seeds: Sequence[int] = (0, 1), ablation_overrides: Sequence[str] | None = None,
-              max_parallel: int | None = None) -> list[Path]:
+              ablation_seeds: Sequence[int] | None = None, ablation_overrides: Sequence[str] | None = None,
+              max_parallel: int | None = None, target_halfwidth: float | None = None,
+              max_seeds: int | None = None) -> list[Path]:
     """Run the profile's steps for every seed, its ablation set (``ablation``: none / reduced / full, default the
-    profile's) over ``ablation_seeds``, then (with ``report``) write the HTML report; return the linear runs.
+    profile's; ``ablation_study``), then (with ``report``) write the HTML report; return the linear runs.
 
-    ``ablation_overrides`` replace the profile's ablation budget (e.g. ``["epochs=20"]``); ``pretrain_overrides``
-    apply to the ablation runs too, after the budget."""
+    ``ablation_seeds``, ``ablation_overrides`` (the budget, e.g. ``["epochs=20"]``), ``target_halfwidth`` and
+    ``max_seeds`` replace the study's; ``pretrain_overrides`` apply to the ablation runs too, after the budget."""
     if profile_name not in PROFILES:
         raise ConfigError(f"unknown profile '{profile_name}'; choose one of {sorted(PROFILES)}")
     profile = PROFILES[profile_name]
@@ -131,17 +137,27 @@ def reproduce(profile_name: str = "default", data: str | None = None, seeds: Seq
         lin_cfg = load_config(root / profile.linear_config, [*lin_data, *common, *linear_overrides, f"run_id={lin_id}"])
         linear_runs.append(run_linear_eval(lin_cfg, pretrained=str(backbone)))
     if ablation != "none":
-        grids, variants = ABLATION_GRIDS[ablation]
-        budget = profile.ablation_overrides if ablation_overrides is None else tuple(ablation_overrides)
-        print(f"== {profile.name}-ablation: {ablation} set, seeds {list(ablation_seeds)}", flush=True)
-        outcomes = run_ablation([root / g for g in grids], variants, ablation_seeds, root / profile.pretrain_config,
-                                root / profile.linear_config, output, max_parallel, study=f"{profile.name}-ablation",
-                                pretrain_overrides=[*pre_data, *budget, *pretrain_overrides],
-                                linear_overrides=[*lin_data, *profile.ablation_linear_overrides, *linear_overrides],
-                                verbose=True)
-        failed = [row for row in outcome_rows(outcomes) if row["status"] == "failed"]
+        study = ablation_study(profile, ablation)
+        ab_seeds = list(study.seeds if ablation_seeds is None else ablation_seeds)
+        budget = study.pretrain_overrides if ablation_overrides is None else tuple(ablation_overrides)
+        target = study.target_halfwidth if target_halfwidth is None else target_halfwidth
+        limit = max(max_seeds or study.max_seeds, len(ab_seeds))
+        print(f"== {profile.name}-ablation: {ablation} set, seeds {ab_seeds}"
+              + (f", adding seeds up to {limit} until every paired 95% interval is within ±{target} points"
+                 if target else ""), flush=True)
+        settings = Settings(results_dir=output, study=f"{profile.name}-ablation",
+                            pretrain_config=root / profile.pretrain_config, linear_config=root / profile.linear_config,
+                            pretrain_overrides=(*pre_data, *budget, *pretrain_overrides),
+                            linear_overrides=(*lin_data, *study.linear_overrides, *linear_overrides))
+        batch = run_batch(list(study.grids), settings, study.variants, ab_seeds, max_parallel, target=target,
+                          max_seeds=limit)
+        failed = [row for row in outcome_rows(batch.outcomes) if row["status"] == "failed"]
         for row in failed:  # recorded in the run folders; the report shows them, the reproduction goes on
             print(f"== ablation run failed: {row['variant']} seed {row['seed']}: {row['error']}", flush=True)
+        for line in verdict_lines(batch.comparisons):
+            print(f"== {line}", flush=True)
+        if batch.adaptation is not None:
+            print(f"== adaptive seeds: {batch.adaptation.message}", flush=True)
     if report:
         html = build_report(results_dir=output, output=Path(report))
         print(f"== report: {html}", flush=True)

@@ -140,6 +140,51 @@ def load_grid(path: str | Path) -> Grid:
                 variants=tuple(variants.values()), source=source)
 
 
+@dataclass(frozen=True)
+class Study:
+    """A study file: which grids and variants run, with which budget and seeds, and how far seeds are added."""
+
+    grids: tuple[Path, ...]
+    variants: tuple[str, ...] | None  # None: every variant of the grids
+    pretrain_overrides: tuple[str, ...]
+    linear_overrides: tuple[str, ...]
+    seeds: tuple[int, ...]
+    target_halfwidth: float | None  # points; None: the seeds as given
+    max_seeds: int
+    source: Path
+
+
+_STUDY_FIELDS = {"grids", "variants", "pretrain_overrides", "linear_overrides", "seeds", "target_halfwidth",
+                 "max_seeds"}
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and check a study file (see ``configs/ablations/default_study.yaml``); grids and variants must exist."""
+    source = Path(path) if Path(path).is_absolute() else repo_root() / path
+    if not source.is_file():
+        raise ConfigError(f"study file not found: {path}")
+    data = yaml_load(source.read_text())
+    if not isinstance(data, Mapping) or set(data) - _STUDY_FIELDS or not {"grids", "seeds"} <= set(data):
+        raise ConfigError(f"{source}: a mapping with 'grids' and 'seeds' and only {sorted(_STUDY_FIELDS)}")
+    grids = tuple(load_grid(g).source for g in data["grids"])
+    known = {v.name for g in grids for v in load_grid(g).variants}
+    variants = data.get("variants")
+    if variants is not None and (not isinstance(variants, list) or set(variants) - known):
+        raise _fail(source, "variants", f"unknown {sorted(set(variants or []) - known) or variants!r}")
+    seeds = data["seeds"]
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) and x >= 0 for x in seeds):
+        raise _fail(source, "seeds", f"must be a non-empty list of seeds >= 0, got {seeds!r}")
+    target, max_seeds = data.get("target_halfwidth"), data.get("max_seeds", len(seeds))
+    if target is not None and not (isinstance(target, (int, float)) and target > 0):
+        raise _fail(source, "target_halfwidth", f"must be > 0 points, got {target!r}")
+    if not isinstance(max_seeds, int) or max_seeds < len(seeds):
+        raise _fail(source, "max_seeds", f"must be an integer >= the {len(seeds)} seeds, got {max_seeds!r}")
+    return Study(grids=grids, variants=None if variants is None else tuple(variants),
+                 pretrain_overrides=tuple(map(str, data.get("pretrain_overrides") or ())),
+                 linear_overrides=tuple(map(str, data.get("linear_overrides") or ())), seeds=tuple(seeds),
+                 target_halfwidth=None if target is None else float(target), max_seeds=max_seeds, source=source)
+
+
 def grid_labels(folder: str | Path | None = None) -> dict[str, str]:
     """Every variant's label in the grid files of ``folder`` (default: ``configs/ablations``), by name."""
     paths = sorted(Path(folder or repo_root() / "configs" / "ablations").glob("*.yaml"))

@@ -138,8 +138,9 @@ def test_comparisons_pair_seeds_leave_out_failures_and_match_hand_computed_inter
 
 def test_written_files_hold_every_number_json_safe_and_the_registry_ignores_them(results: tuple[Path, dict]) -> None:
     folder, _ = results
-    path = comparisons.write_comparisons(folder, STUDY)
-    assert path == folder / STUDY / "comparisons.json"
+    written = comparisons.write_comparisons(folder, STUDY)
+    path = folder / STUDY / "comparisons.json"
+    assert [c.variant for c in written] == [r["variant"] for r in json.loads(path.read_text())]
     records = {r["variant"]: r for r in json.loads(path.read_text())}
     a, b = percent(NO_BLUR, [0, 1, 2]), percent(BASELINE, [0, 1, 2])
     want = paired_expectation(a, b)
@@ -175,3 +176,21 @@ def test_a_mismatched_prediction_file_falls_back_to_the_seed_bootstrap(results: 
 def test_pairing_needs_aligned_values() -> None:
     with pytest.raises(ValueError, match="variant 'v': 2 seeds, 1 top-1s and 2 baseline top-1s"):
         comparisons.Comparison("v", (0, 1), (1.0,), (1.0, 2.0))
+
+
+def test_agreement_with_the_paper_ranks_signs_and_bootstraps() -> None:
+    """Four rows with known per-seed changes; the paper's changes rank them the same way but one."""
+    rows = {"a": (-10.0, -12.0, -11.0), "b": (-5.0, -4.0, -6.0), "c": (1.0, -1.0, 0.5), "d": (3.0, 2.0, 4.0)}
+    paper = {"a": 60.0, "b": 70.0, "c": 72.0, "d": 71.0}  # deltas -12.5, -2.5, -0.5, -1.5
+    found = [comparisons.Comparison(name, (0, 1, 2), tuple(50.0 + d for d in diffs), (50.0, 50.0, 50.0), grid="g",
+                                    paper_top1=paper[name]) for name, diffs in rows.items()]
+    (row,) = comparisons.agreement(found, paper_baseline=72.5, reps=400)
+    measured = [np.mean(rows[n]) for n in rows]
+    deltas = [paper[n] - 72.5 for n in rows]
+    # ranks: measured a<b<c<d, paper a<b<d<c: d and c swap -> rho = 1 - 6 * 2 / (4 * 15) = 0.8
+    assert row["spearman"] == pytest.approx(0.8) == pytest.approx(np.corrcoef(
+        np.argsort(np.argsort(measured)), np.argsort(np.argsort(deltas)))[0, 1])
+    assert row["kendall_tau_b"] == pytest.approx(4 / 6)  # 5 concordant, 1 discordant pair
+    assert row["spearman_low"] <= row["spearman"] <= row["spearman_high"] <= 1.0
+    assert (row["rows"], row["sign_agrees"], row["sign_disagrees"], row["unresolved"]) == (4, 2, 1, 1)
+    assert comparisons.agreement(found[:2], paper_baseline=72.5) == []  # fewer than three rows

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from byol_lib.config import ConfigError, load_config
-from byol_lib.pipeline import PROFILES, data_overrides, reproduce
+from byol_lib.pipeline import DEFAULT_STUDY, PROFILES, data_overrides, reproduce
+from byol_lib.variants import load_grid, load_study
 
 from .conftest import ROOT
 
@@ -23,7 +24,7 @@ TINY_LINEAR = ["epochs=2", "dataloader.train.dataset.num_images=300", "dataloade
 def _run_all(tmp_path: Path) -> str:
     """``./run_all.sh`` on a tiny setting: the reduced ablation set with one seed, report into ``tmp_path``."""
     cmd = [str(ROOT / "run_all.sh"), "--output-dir", str(tmp_path), "--report", str(tmp_path / "report.html"),
-           "-o", *TINY, "--linear-override", *TINY_LINEAR, "--ablation-seeds", "0"]
+           "-o", *TINY, "--linear-override", *TINY_LINEAR, "--ablation-seeds", "0", "--max-seeds", "1"]
     env = {**os.environ, "BYOL_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -38,7 +39,10 @@ def test_run_all_runs_the_default_profile_end_to_end_and_skips_finished_steps(tm
     summary = json.loads((tmp_path / "default-linear-s0" / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["pretrained"].endswith("default-pretrain-s0/backbone.pdparams")
     assert (tmp_path / "default-pretrain-s0" / "backbone.pdparams").is_file()
-    variants = ("baseline", "no_color", "crop_only", "no_blur", "d1_frozen_target", "d2_per_tap_blur", "passl_head")
+    variants = load_study(ROOT / DEFAULT_STUDY).variants
+    assert variants is not None and {"passl_head_with_ema", "baseline"} <= set(variants)
+    assert len(set(variants) & {v.name for v in load_grid(ROOT / "configs/ablations/augmentations.yaml").variants
+                                if v.paper_top1 is not None and v.name != "baseline"}) >= 6  # Table 17 rows
     summaries = {}
     for variant in variants:
         for kind in ("pretrain", "linear"):
