@@ -8,6 +8,7 @@ deviation (ddof 1; undefined for one seed).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -445,4 +446,54 @@ def plot_image(image: np.ndarray, title: str = "") -> Figure:
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=9)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Paired comparisons and the noise budget (files written by byol_lib.comparisons and byol_lib.noise)
+
+PAIRED_COLUMNS = ["variant", "label", "grid", "n", "delta", "ci_low", "ci_high", "bootstrap_low", "bootstrap_high",
+                  "sd", "mde", "paper_delta", "verdict", "seeds_for_halfwidth_1", "seeds_for_halfwidth_2",
+                  "seeds_for_halfwidth_5"]
+
+
+def paired_table(results_dir: str | Path, study: str, paper_baseline: float = 72.5) -> pd.DataFrame:
+    """A study's paired comparisons (``<results>/<study>/comparisons.json``), one row per variant; empty if none."""
+    path = Path(results_dir) / study / "comparisons.json"
+    if not path.is_file():
+        return pd.DataFrame(columns=PAIRED_COLUMNS)
+    frame = pd.DataFrame(json.loads(path.read_text()))
+    frame["paper_delta"] = frame["paper_top1"].astype(float) - paper_baseline
+    return frame[PAIRED_COLUMNS]
+
+
+def noise_budget_tables(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``noise_budget.json`` as (one row per pretraining budget, the image noise per budget and validation size)."""
+    data = json.loads(Path(path).read_text())
+    budgets = pd.DataFrame([{k: v for k, v in b.items() if k not in ("image_noise", "top1_by_seed")}
+                            for b in data["budgets"]])
+    images = pd.DataFrame([{"epochs": b["epochs"], **row} for b in data["budgets"] for row in b["image_noise"]])
+    return budgets, images
+
+
+def plot_noise_budget(path: str | Path) -> Figure:
+    """Left: sd of top-1 by source against the pretraining budget; right: image noise against validation size."""
+    budgets, images = noise_budget_tables(path)
+    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    for column, label in (("single_run_sd", "one run vs another seed"), ("training_sd", "training (seed to seed)"),
+                          ("head_sd", "linear head (seed, backbone fixed)"), ("image_sd", "validation images")):
+        left.plot(budgets["epochs"], budgets[column], marker="o", label=label)
+    left.set_xlabel("pretraining epochs")
+    left.set_ylabel("sd of top-1 (points)")
+    left.legend(fontsize=8)
+    left.grid(alpha=0.3)
+    for epochs, rows in images.groupby("epochs"):
+        right.plot(rows["images"], rows["binomial_sd"], marker="o", label=f"{epochs} epochs: binomial")
+        right.plot(rows["images"], rows["measured_sd"], marker="x", ls="--", label=f"{epochs} epochs: measured")
+    right.set_xscale("log")
+    right.set_xlabel("validation images")
+    right.set_ylabel("image noise of top-1 (points)")
+    right.legend(fontsize=8)
+    right.grid(alpha=0.3)
     return fig

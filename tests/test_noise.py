@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from byol_lib import report
 from byol_lib.noise import decompose, image_noise_by_size, measure, paired_noise
 
 from .conftest import TINY_GRID
@@ -87,3 +88,6 @@ def test_measure_end_to_end_agrees_with_the_standard_linear_runs(tmp_path: Path)
             np.testing.assert_array_equal(saved["correct"][seed, :100], standard)
         assert budget["top1_by_seed"][seed] == pytest.approx(100 * np.load(cached)["correct"][0, :100].mean())
     assert [row["images"] for row in budget["image_noise"]] == [50, 150]
+    budgets, images = report.noise_budget_tables(out)  # what the notebook and the report show
+    assert budgets.loc[0, "training_sd"] == pytest.approx(budget["training_sd"]) and len(images) == 2
+    assert len(report.plot_noise_budget(out).axes) == 2
