@@ -140,6 +140,7 @@ LINEAR_DEFAULTS: Config = {
         "augment": True,
         "holdout": 10009,
         "extend_grid": 4,  # a held-out choice at the grid's edge adds lr x2 (or /2) beyond it, up to 4 times
+        "standardize": False,  # heads on standardised features (folded into the saved head); the paper: raw
         "head_init": "jax",
         "knn_k": [20, 200],
         "knn_temperature": 0.07,

@@ -66,6 +66,7 @@ class LinearEvalSettings:
     holdout: int = 10009  # train images held out to choose the lr (paper only)
     head_init: str = "jax"  # "jax": truncated normal std 1/sqrt(fan_in); "passl": N(0, 0.01); zero bias
     extend_grid: int = 0  # paper protocol: how often a choice at the grid's edge may add a lr beyond it (x2 or /2)
+    standardize: bool = False  # heads see features standardised by the train part's mean/sd (folded into the head)
     seed: int = 0
     num_workers: int = 0
 
@@ -346,10 +347,16 @@ def linear_eval(backbone: paddle.nn.Layer, train_images: ImageDataset, test_imag
         cached = None if s.augment else features_of(train_images, train_idx)
         holdout = features_of(train_images, holdout_idx) if len(holdout_idx) else None
         test = features_of(test_images)
+        affine = None
+        if s.standardize:  # x -> (x - mean) * scale per dimension, from the centre-crop train part
+            reference = (cached or features_of(train_images, train_idx))[0].astype(np.float64)
+            affine = (reference.mean(axis=0), 1.0 / np.maximum(reference.std(axis=0), 1e-6))
+            cached, holdout, test = (None if f is None else (_apply(f[0], affine), f[1])
+                                     for f in (cached, holdout, test))
 
         def train(lrs: tuple[float, ...]) -> _TrainedHeads:
             return _train_heads(backbone, train_images, aug, s, lrs, train_idx, cached, holdout,
-                                None if paper else test, log)
+                                None if paper else test, log, affine)
 
         runs = [train(s.peak_lrs())]
         extended: list[float] = []
@@ -375,9 +382,14 @@ def linear_eval(backbone: paddle.nn.Layer, train_images: ImageDataset, test_imag
             best_entry = max(history, key=lambda e: e["test_top1"])  # what selecting on the test split would report
             best_epoch, best_top1 = best_entry["epoch"], best_entry["test_top1"]
     holdout_top1 = {lr: top1 for r in runs for lr, top1 in r.holdout_top1.items()}
+    head = run.heads.head(chosen)
+    if affine is not None:  # fold the standardisation in: the saved head takes the backbone's raw features
+        shift, scale = affine
+        weight = head["weight"].astype(np.float64) * scale[:, None]
+        head = {"weight": weight.astype(np.float32), "bias": (head["bias"] - shift @ weight).astype(np.float32)}
     return LinearEvalResult(
         protocol=s.protocol, chosen_lr=run.lrs[chosen], holdout_top1=holdout_top1, test_top1=test_top1,
-        test_top5=test_top5, history=runs[0].history, head=run.heads.head(chosen),
+        test_top5=test_top5, history=runs[0].history, head=head,
         seconds=time.perf_counter() - start, test_predictions=run.heads.predict(test[0])[chosen],
         test_labels=test[1], grid_extended=extended, best_epoch=best_epoch, best_test_top1=best_top1,
         settings=dict(vars(s)),
@@ -388,9 +400,10 @@ def _train_heads(backbone: paddle.nn.Layer, train_images: ImageDataset, aug: Map
                  s: LinearEvalSettings, lrs: tuple[float, ...], train_idx: np.ndarray,
                  cached: tuple[np.ndarray, np.ndarray] | None, holdout: tuple[np.ndarray, np.ndarray] | None,
                  test: tuple[np.ndarray, np.ndarray] | None,
-                 log: Callable[[dict[str, Any]], None] | None) -> _TrainedHeads:
+                 log: Callable[[dict[str, Any]], None] | None,
+                 affine: tuple[np.ndarray, np.ndarray] | None = None) -> _TrainedHeads:
     """Train one head per lr in lockstep for ``s.epochs``; score the held-out (and, for PASSL, test) features
-    after every epoch."""
+    after every epoch. ``affine``: the standardisation of features computed on the fly (``augment``)."""
     total_steps = s.epochs * math.ceil(len(train_idx) / s.batch_size)
     history: list[dict[str, Any]] = []
     heads: LinearHeads | None = None  # created at the first batch, when the feature width is known
@@ -399,6 +412,8 @@ def _train_heads(backbone: paddle.nn.Layer, train_images: ImageDataset, aug: Map
         epoch_start = time.perf_counter()
         loss_sum, seen = np.zeros(len(lrs)), 0
         for x, labels in _train_batches(backbone, train_images, aug, s, train_idx, cached, epoch):
+            if affine is not None and cached is None:
+                x = paddle.to_tensor(_apply(x.numpy(), affine))
             if heads is None:
                 weight = init_head_weight(x.shape[1], len(train_images.classes), s.head_init, s.seed)
                 heads = LinearHeads(weight, lrs, momentum=s.momentum, nesterov=s.nesterov,
@@ -420,6 +435,11 @@ def _train_heads(backbone: paddle.nn.Layer, train_images: ImageDataset, aug: Map
             log(entry)
     assert heads is not None
     return _TrainedHeads(lrs, heads, history, history[-1].get("holdout_top1", {}))
+
+
+def _apply(x: np.ndarray, affine: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """``(x - shift) * scale`` per feature dimension, float32."""
+    return ((x - affine[0]) * affine[1]).astype(np.float32)
 
 
 def _train_batches(backbone: paddle.nn.Layer, images: ImageDataset, aug: Mapping[str, Any],

@@ -107,7 +107,8 @@ def settings_from(cfg: Config, world_size: int, num_train: int, num_classes: int
         momentum=cfg["optimizer"]["momentum"], nesterov=cfg["optimizer"]["use_nesterov"],
         weight_decay=cfg["optimizer"]["weight_decay"], augment=evaluation["augment"],
         holdout=holdout_size(cfg, num_train, num_classes) if evaluation["protocol"] == "paper" else 0,
-        head_init=evaluation["head_init"], extend_grid=evaluation["extend_grid"], seed=cfg["seed"],
+        head_init=evaluation["head_init"], extend_grid=evaluation["extend_grid"],
+        standardize=evaluation["standardize"], seed=cfg["seed"],
         num_workers=cfg["dataloader"]["train"]["num_workers"])
 
 

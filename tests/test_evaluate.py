@@ -306,6 +306,29 @@ def test_a_choice_at_the_grid_edge_extends_the_grid(data: tuple[ColourImages, Co
     assert capped.grid_extended == [] and set(capped.holdout_top1) == set(grid)
 
 
+@pytest.mark.parametrize("augment", [False, True])
+def test_standardised_heads_fold_into_a_raw_feature_head(data: tuple[ColourImages, ColourImages],
+                                                         augment: bool) -> None:
+    """With ``standardize`` the heads see (x - mean) / sd of the train part; the returned head takes raw features
+    and reproduces the reported accuracy and predictions, and the run equals one on features standardised here."""
+    train, test = data
+    net = make_backbone()
+    result = linear_eval(net, train, test, AUG, quick(standardize=True, augment=augment))
+    feats, labels = compute_features(net, test, AUG, batch_size=16)
+    logits = feats @ result.head["weight"] + result.head["bias"]
+    np.testing.assert_array_equal(logits.argmax(1), result.test_predictions)
+    assert result.test_top1 == pytest.approx(np.mean(logits.argmax(1) == labels))
+    if augment:
+        return
+    part, _ = holdout_split(len(train), quick().holdout, 0)
+    train_x, train_y = compute_features(net, train, AUG, batch_size=16)
+    mean, sd = train_x[part].astype(np.float64).mean(0), train_x[part].astype(np.float64).std(0)
+    scaled = (((train_x - mean) / sd).astype(np.float32), train_y), (((feats - mean) / sd).astype(np.float32), labels)
+    by_hand = linear_eval(net, train, test, AUG, quick(), features=scaled)
+    assert by_hand.holdout_top1 == pytest.approx(result.holdout_top1, abs=1e-9)
+    assert by_hand.chosen_lr == result.chosen_lr and by_hand.test_top1 == pytest.approx(result.test_top1)
+
+
 def test_passl_protocol(data: tuple[ColourImages, ColourImages]) -> None:
     train, test = data
     net = make_backbone()
