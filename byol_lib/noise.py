@@ -19,6 +19,7 @@ into disjoint parts of each size.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -160,6 +161,11 @@ def measure(results_dir: str | Path, epochs: Sequence[int], seeds: Sequence[int]
                   f"{budget['single_run_sd']:.2f} = training {budget['training_sd']:.2f} (+) head "
                   f"{budget['head_sd']:.2f}; image {budget['image_sd']:.2f} points", flush=True)
     out = folder / "noise_budget.json"
-    write_json_atomic(out, {"seeds": list(seeds), "head_seeds": list(head_seeds), "val_images": val_images,
-                            "standard_val": standard_val, "budgets": budgets})
+    measured = {b["epochs"] for b in budgets}
+    try:  # budgets measured by earlier calls stay (each with its own seeds), unless measured again here
+        earlier = [b for b in json.loads(out.read_text())["budgets"] if b["epochs"] not in measured]
+    except (OSError, ValueError, KeyError, TypeError):
+        earlier = []
+    write_json_atomic(out, {"head_seeds": list(head_seeds), "val_images": val_images, "standard_val": standard_val,
+                            "budgets": sorted([*earlier, *budgets], key=lambda b: b["epochs"])})
     return out
