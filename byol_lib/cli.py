@@ -272,13 +272,11 @@ def _emit(jobs: list[Job], settings: Settings, args: argparse.Namespace) -> int:
 def add_noise_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, nargs="+", default=[2, 4, 8], help="pretraining budgets to measure")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(8)), help="pretraining seeds per budget")
-    parser.add_argument("--head-seeds", type=int, nargs="+", default=[0, 1, 2],
-                        help="linear-evaluation seeds per backbone (held-out split, head init, batch order)")
-    parser.add_argument("--val-images", type=int, default=5000, help="validation images of the head-seed evaluations")
-    parser.add_argument("--standard-val", type=int, default=1000,
-                        help="the validation size the decomposition uses (the ablation runs' own)")
+    parser.add_argument("--extra-heads", type=int, default=1,
+                        help="linear evaluations per backbone beyond the standard one, with other head seeds "
+                             "(held-out split, head init, batch order)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[250, 500, 1000, 2500, 5000],
-                        help="validation-set sizes of the image-noise table")
+                        help="validation-set sizes of the image-noise table (at most the config's)")
     parser.add_argument("--grid", default="configs/ablations/augmentations.yaml",
                         help="the grid whose baseline (base and linear configs) is measured")
     parser.add_argument("--output-dir", default="results", help="results folder")
@@ -292,15 +290,12 @@ def add_noise_arguments(parser: argparse.ArgumentParser) -> None:
 def run_noise(args: argparse.Namespace) -> int:
     from byol_lib import noise
 
-    sizes = [n for n in args.sizes if n <= args.val_images]
-    if len(args.seeds) < 2 or len(args.head_seeds) < 2 or not 0 < args.standard_val <= args.val_images:
-        print("error: a noise budget needs >= 2 --seeds, >= 2 --head-seeds and 0 < --standard-val <= --val-images",
-              file=sys.stderr)
+    if len(args.seeds) < 2 or args.extra_heads < 1:
+        print("error: a noise budget needs >= 2 --seeds and --extra-heads >= 1", file=sys.stderr)
         return 2
     try:
-        path = noise.measure(args.output_dir, args.epochs, args.seeds, args.head_seeds, args.val_images,
-                             args.standard_val, sizes, args.max_parallel,
-                             [o for group in args.override for o in group],
+        path = noise.measure(args.output_dir, args.epochs, args.seeds, args.extra_heads, args.sizes,
+                             args.max_parallel, [o for group in args.override for o in group],
                              [o for group in args.linear_override for o in group], grid_file=args.grid)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

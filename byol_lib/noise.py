@@ -98,15 +98,15 @@ BUDGET_FOLDER = "noise-budget"  # under the results folder: per-backbone head-se
 AUGMENTATION_GRID = "configs/ablations/augmentations.yaml"
 
 
-def _backbone_correctness(pretrain_run: Path, linear_cfg: dict[str, Any], head_seeds: Sequence[int],
-                          val_images: int) -> np.ndarray:
-    """``[H, N]``: head seeds' correctness on the first ``val_images`` validation images, features computed once."""
+def head_correctness(pretrain_run: Path, linear_cfg: dict[str, Any], head_seeds: Sequence[int]) -> np.ndarray:
+    """``[H, N]``: which validation images the linear evaluation of a pretraining run's backbone gets right with each
+    head seed (the linear config's settings, ``seed`` replaced), the features computed once."""
     from byol_lib.data.datasets import build_dataset
     from byol_lib.evaluate import compute_features
     from byol_lib.linear import build_backbone, load_pretrained, settings_from
 
     train = build_dataset(linear_cfg["dataloader"]["train"]["dataset"], "train")
-    test = build_dataset({**linear_cfg["dataloader"]["val"]["dataset"], "num_images": val_images}, "val")
+    test = build_dataset(linear_cfg["dataloader"]["val"]["dataset"], "val")
     backbone = build_backbone(linear_cfg)
     load_pretrained(backbone, str(pretrain_run))
     settings = settings_from(linear_cfg, 1, len(train), len(train.classes))
@@ -119,14 +119,22 @@ def _backbone_correctness(pretrain_run: Path, linear_cfg: dict[str, Any], head_s
     return np.stack(rows)
 
 
-def measure(results_dir: str | Path, epochs: Sequence[int], seeds: Sequence[int], head_seeds: Sequence[int],
-            val_images: int, standard_val: int, sizes: Sequence[int], max_parallel: int | None = None,
-            pretrain_overrides: Sequence[str] = (), linear_overrides: Sequence[str] = (),
-            grid_file: str | Path = AUGMENTATION_GRID, verbose: bool = True) -> Path:
-    """Pretrain the grid's baseline for every ``epochs`` x ``seeds`` (named runs ``noise-e<E>-...``,
-    skipped when finished), evaluate each backbone with every head seed on ``val_images`` validation images
-    (cached per backbone), and write ``<results>/noise-budget/noise_budget.json``: per budget the decomposition
-    on the first ``standard_val`` images (the size the ablation runs use) and the image noise by size."""
+def _standard_correctness(linear_run: Path) -> np.ndarray:
+    """``[N]``: a finished linear run's own per-image correctness (its head seed is its pretraining seed)."""
+    from byol_lib.linear import PREDICTIONS
+
+    with np.load(linear_run / PREDICTIONS, allow_pickle=False) as saved:
+        return saved["linear"] == saved["labels"]
+
+
+def measure(results_dir: str | Path, epochs: Sequence[int], seeds: Sequence[int], extra_heads: int,
+            sizes: Sequence[int], max_parallel: int | None = None, pretrain_overrides: Sequence[str] = (),
+            linear_overrides: Sequence[str] = (), grid_file: str | Path = AUGMENTATION_GRID,
+            verbose: bool = True) -> Path:
+    """Pretrain and evaluate the grid's baseline for every ``epochs`` x ``seeds`` (named runs ``noise-e<E>-...``,
+    skipped when finished, evaluated as every ablation run is); evaluate each backbone again with ``extra_heads``
+    more head seeds (``seed + 1000 k``, cached per backbone); write ``<results>/noise-budget/noise_budget.json``:
+    per budget the decomposition and the image noise by validation-set size."""
     from byol_lib.ablation import run_ablation
     from byol_lib.config import load_config
     from byol_lib.results import repo_root, write_arrays_atomic, write_json_atomic
@@ -136,26 +144,29 @@ def measure(results_dir: str | Path, epochs: Sequence[int], seeds: Sequence[int]
     folder = results / BUDGET_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     grid = load_grid(root / grid_file)
+    linear_overrides = ["linear_eval.random_init_baseline=False", *linear_overrides]
+    linear_cfg = load_config(grid.linear, linear_overrides)
     budgets = []
     for epoch_count in epochs:
         study = f"noise-e{epoch_count}"
         run_ablation(grid.source, ["baseline"], seeds, results_root=results, max_parallel=max_parallel,
                      study=study, pretrain_overrides=[*pretrain_overrides, f"epochs={epoch_count}"],
-                     linear_overrides=["linear_eval.random_init_baseline=False", *linear_overrides], verbose=verbose)
-        linear_cfg = load_config(grid.linear, list(linear_overrides))
+                     linear_overrides=linear_overrides, verbose=verbose)
         correct = []
         for seed in seeds:
-            cache = folder / f"e{epoch_count}-s{seed}-h{'-'.join(map(str, head_seeds))}-n{val_images}.npz"
+            extra = [seed + 1000 * k for k in range(1, extra_heads + 1)]
+            cache = folder / f"e{epoch_count}-s{seed}-h{'-'.join(map(str, extra))}.npz"
             if not cache.is_file():
                 run = results / f"{study}-baseline-pretrain-s{seed}"
-                write_arrays_atomic(cache, {"correct": _backbone_correctness(
-                    run, {**linear_cfg, "seed": seed}, head_seeds, val_images)})
+                write_arrays_atomic(cache, {"correct": head_correctness(run, {**linear_cfg, "seed": seed}, extra)})
             with np.load(cache) as saved:
-                correct.append(saved["correct"])
+                standard = _standard_correctness(results / f"{study}-baseline-linear-s{seed}")
+                correct.append(np.vstack([standard, saved["correct"]]))
         stacked = np.stack(correct)  # [seeds, heads, images]
-        budget = decompose(stacked[:, :, :standard_val]).as_dict()
-        budgets.append({"epochs": epoch_count, **budget, "image_noise": image_noise_by_size(stacked, sizes),
-                        "top1_by_seed": (100.0 * stacked[:, 0, :standard_val].mean(axis=1)).tolist()})
+        budget = decompose(stacked).as_dict()
+        budgets.append({"epochs": epoch_count, **budget, "image_noise": image_noise_by_size(
+            stacked, [n for n in sizes if n <= stacked.shape[-1]]),
+                        "top1_by_seed": (100.0 * stacked[:, 0].mean(axis=1)).tolist()})
         if verbose:
             print(f"== noise budget, {epoch_count} epochs: top-1 {budget['mean_top1']:.1f}, single-run sd "
                   f"{budget['single_run_sd']:.2f} = training {budget['training_sd']:.2f} (+) head "
@@ -166,6 +177,6 @@ def measure(results_dir: str | Path, epochs: Sequence[int], seeds: Sequence[int]
         earlier = [b for b in json.loads(out.read_text())["budgets"] if b["epochs"] not in measured]
     except (OSError, ValueError, KeyError, TypeError):
         earlier = []
-    write_json_atomic(out, {"head_seeds": list(head_seeds), "val_images": val_images, "standard_val": standard_val,
-                            "budgets": sorted([*earlier, *budgets], key=lambda b: b["epochs"])})
+    write_json_atomic(out, {"extra_heads": extra_heads, "budgets": sorted([*earlier, *budgets],
+                                                                          key=lambda b: b["epochs"])})
     return out

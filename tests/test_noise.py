@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from byol_lib import report
-from byol_lib.noise import decompose, image_noise_by_size, measure, paired_noise
+from byol_lib.config import load_config
+from byol_lib.noise import decompose, head_correctness, image_noise_by_size, measure, paired_noise
 
-from .conftest import TINY_GRID
+from .conftest import ROOT, TINY_GRID
 
 
 def _simulated(training_sd: float, head_sd: float, seeds: int, heads: int, images: int, seed: int = 0) -> np.ndarray:
@@ -71,23 +72,29 @@ def test_paired_noise_by_hand() -> None:
 
 @pytest.mark.slow
 def test_measure_end_to_end_agrees_with_the_standard_linear_runs(tmp_path: Path) -> None:
-    """Two tiny seeds x two head seeds: the head seed equal to the pretraining seed reproduces the standard
-    linear run's own per-image predictions on the validation images they share."""
+    """Two tiny seeds, one extra head each: re-evaluating a backbone with its own seed reproduces its standard
+    linear run's per-image predictions, and the budget is the decomposition of what was saved."""
     grid = tmp_path / "tiny.yaml"
     grid.write_text(TINY_GRID)
-    out = measure(tmp_path / "results", epochs=[1], seeds=[0, 1], head_seeds=[0, 1], val_images=150,
-                  standard_val=100, sizes=[50, 150], max_parallel=1, grid_file=grid, verbose=False)
+    results = tmp_path / "results"
+    out = measure(results, epochs=[1], seeds=[0, 1], extra_heads=1, sizes=[50, 100, 5000], max_parallel=1,
+                  grid_file=grid, verbose=False)
     budget = json.loads(out.read_text())["budgets"][0]
-    assert budget["epochs"] == 1 and budget["seeds"] == 2 and budget["images"] == 100
+    assert budget["epochs"] == 1 and budget["seeds"] == 2 and budget["head_seeds"] == 2 and budget["images"] == 100
+    cfg = {**load_config(ROOT / "configs/byol/tiny_linear.yaml", ["linear_eval.random_init_baseline=False"]),
+           "seed": 1}
+    again = head_correctness(results / "noise-e1-baseline-pretrain-s1", cfg, [1])[0]
+    with np.load(results / "noise-e1-baseline-linear-s1" / "predictions.npz") as saved:
+        np.testing.assert_array_equal(again, saved["linear"] == saved["labels"])
+    rows = []
     for seed in (0, 1):
-        with np.load(tmp_path / "results" / f"noise-e1-baseline-linear-s{seed}" / "predictions.npz") as saved:
+        with np.load(results / f"noise-e1-baseline-linear-s{seed}" / "predictions.npz") as saved:
             standard = saved["linear"] == saved["labels"]
-        cached = next((tmp_path / "results" / "noise-budget").glob(f"e1-s{seed}-*.npz"))
-        with np.load(cached) as saved:
-            assert saved["correct"].shape == (2, 150)
-            np.testing.assert_array_equal(saved["correct"][seed, :100], standard)
-        assert budget["top1_by_seed"][seed] == pytest.approx(100 * np.load(cached)["correct"][0, :100].mean())
-    assert [row["images"] for row in budget["image_noise"]] == [50, 150]
+        with np.load(results / "noise-budget" / f"e1-s{seed}-h{seed + 1000}.npz") as saved:
+            rows.append(np.vstack([standard, saved["correct"]]))
+    assert budget["training_sd"] == pytest.approx(decompose(np.stack(rows)).training_sd)
+    assert budget["top1_by_seed"] == pytest.approx([100 * r[0].mean() for r in rows])
+    assert [row["images"] for row in budget["image_noise"]] == [50, 100]
     budgets, images = report.noise_budget_tables(out)  # what the notebook and the report show
     assert budgets.loc[0, "training_sd"] == pytest.approx(budget["training_sd"]) and len(images) == 2
     assert len(report.plot_noise_budget(out).axes) == 2
