@@ -467,6 +467,17 @@ def paired_table(results_dir: str | Path, study: str, paper_baseline: float = 72
     return frame[PAIRED_COLUMNS]
 
 
+def studies(results_dir: str | Path) -> list[str]:
+    """The studies with written comparisons under ``results_dir`` (folders holding ``comparisons.json``)."""
+    return sorted(path.parent.name for path in Path(results_dir).glob("*/comparisons.json"))
+
+
+def agreement_table(results_dir: str | Path, study: str) -> pd.DataFrame:
+    """A study's rank and sign agreement with the paper per grid (``<results>/<study>/agreement.json``)."""
+    path = Path(results_dir) / study / "agreement.json"
+    return pd.DataFrame(json.loads(path.read_text())) if path.is_file() else pd.DataFrame()
+
+
 def noise_budget_tables(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``noise_budget.json`` as (one row per pretraining budget, the image noise per budget and validation size)."""
     data = json.loads(Path(path).read_text())
