@@ -137,7 +137,7 @@ def add_reproduce_arguments(parser: argparse.ArgumentParser) -> None:
                         help="first seeds of every variant (default: the study file's)")
     parser.add_argument("--ablation-override", action="append", nargs="+", default=None, metavar="KEY=VALUE",
                         help="pretraining overrides of the ablation runs, replacing the study's budget "
-                             "(default profile: configs/ablations/default_study.yaml)")
+                             "(default profile: configs/studies/default.yaml)")
     parser.add_argument("--target-halfwidth", type=float, default=None, metavar="POINTS",
                         help="add seeds until every paired 95%% interval is within ± POINTS (default: the study's)")
     parser.add_argument("--max-seeds", type=int, default=None, help="at most this many seeds per variant "

@@ -42,7 +42,7 @@ class Profile:
 
 # The reduced set: variants, budget, seeds and the adaptive-seed target, with the reasoning behind them
 # (measured noise budget) in the file's comments. "full": every variant of every grid file, same budget.
-DEFAULT_STUDY = "configs/ablations/default_study.yaml"
+DEFAULT_STUDY = "configs/studies/default.yaml"
 ALL_GRIDS = ("configs/ablations/augmentations.yaml", "configs/ablations/passl_deviations.yaml",
              "configs/ablations/tau.yaml", "configs/ablations/batch.yaml")
 ABLATION_CHOICES = ("none", "reduced", "full")

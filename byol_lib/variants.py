@@ -159,7 +159,7 @@ _STUDY_FIELDS = {"grids", "variants", "pretrain_overrides", "linear_overrides", 
 
 
 def load_study(path: str | Path) -> Study:
-    """Read and check a study file (see ``configs/ablations/default_study.yaml``); grids and variants must exist."""
+    """Read and check a study file (see ``configs/studies/default.yaml``); grids and variants must exist."""
     source = Path(path) if Path(path).is_absolute() else repo_root() / path
     if not source.is_file():
         raise ConfigError(f"study file not found: {path}")
