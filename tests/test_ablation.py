@@ -26,7 +26,7 @@ import pytest
 from byol_lib import ablation, cli, registry, report
 from byol_lib.comparisons import Comparison
 from byol_lib.config import ConfigError, flatten
-from byol_lib.variants import BASELINE, load_grid, variant_config
+from byol_lib.variants import BASELINE, load_grid, load_study, variant_config
 
 from .conftest import ROOT, T975, write_ablation_runs, write_run
 from .conftest import TINY_GRID as CONFTEST_TINY_GRID
@@ -369,3 +369,21 @@ def test_the_ablate_command_runs_waves_until_the_target(tmp_path: Path, capsys: 
     (record,) = json.loads((results / "ablation" / "comparisons.json").read_text())
     assert record["differences"] == pytest.approx(differences)
     assert record["halfwidth"] == pytest.approx(half_width(differences)) and record["halfwidth"] < 1.0
+
+
+def test_the_default_study_file_and_bad_study_files(tmp_path: Path) -> None:
+    study = load_study(ROOT / "configs/studies/default.yaml")
+    assert study.variants is not None and study.variants[0] == BASELINE and len(study.seeds) >= 3
+    assert study.max_seeds >= len(study.seeds) and study.target_halfwidth == 2.0
+    good = "grids: [configs/ablations/augmentations.yaml]\nseeds: [0, 1]\n"
+    for extra, message in (("variants: [baseline, no_such]\n", "unknown \\['no_such'\\]"),
+                           ("max_seeds: 1\n", "max_seeds: must be an integer >= the 2 seeds"),
+                           ("target_halfwidth: -1\n", "target_halfwidth: must be > 0 points"),
+                           ("budget: 3\n", "a mapping with 'grids' and 'seeds'")):
+        path = tmp_path / "study.yaml"
+        path.write_text(good + extra)
+        with pytest.raises(ConfigError, match=message):
+            load_study(path)
+    path.write_text(good.replace("[0, 1]", "[-1]"))
+    with pytest.raises(ConfigError, match="seeds: must be a non-empty list of seeds >= 0"):
+        load_study(path)
