@@ -337,19 +337,22 @@ def plot_run_curves(folder: str | Path) -> Figure | None:
 
 
 def plot_linear_curves(metrics: Sequence[Mapping[str, Any]], title: str = "") -> Figure:
-    """Per-epoch curves of a linear evaluation: one line per learning rate for per-lr figures."""
-    keys = [k for k in metrics[0] if k not in ("epoch", "lr", "seconds")] if metrics else []
+    """Per-epoch curves of a linear evaluation: one line per learning rate for per-lr figures (the grid's heads and
+    any head added beyond its edge, whose epochs are logged after the grid's)."""
+    keys = list(dict.fromkeys(k for row in metrics for k in row if k not in ("epoch", "lr", "seconds")))
     if not keys:
         raise ValueError("no per-epoch figures to plot (metrics.jsonl is empty)")
     fig = Figure(figsize=(5 * len(keys), 3.6), layout="constrained")
-    epochs = [row["epoch"] for row in metrics]
     for ax, key in zip(np.atleast_1d(fig.subplots(1, len(keys))), keys, strict=True):
-        if isinstance(metrics[0][key], Mapping):
-            for lr in metrics[0][key]:
-                ax.plot(epochs, [row[key][lr] for row in metrics], label=f"lr {float(lr):g}", lw=1.2)
+        rows = [row for row in metrics if key in row]
+        if isinstance(rows[0][key], Mapping):
+            for lr in dict.fromkeys(lr for row in rows for lr in row[key]):
+                mine = [row for row in rows if lr in row[key]]
+                ax.plot([row["epoch"] for row in mine], [row[key][lr] for row in mine], label=f"lr {float(lr):g}",
+                        lw=1.2)
             ax.legend(fontsize=7)
         else:
-            ax.plot(epochs, [row[key] for row in metrics], lw=1.2)
+            ax.plot([row["epoch"] for row in rows], [row[key] for row in rows], lw=1.2)
         ax.set_title(key, fontsize=10)
         ax.set_xlabel("epoch", fontsize=8)
         ax.grid(alpha=0.3)

@@ -165,7 +165,7 @@ def test_a_tiny_batch_runs_end_to_end_records_its_failure_and_skips_finished_run
     top1 = linear_rows.set_index(["variant", "seed"])["top1"]
     assert written["no_blur"]["differences"] == pytest.approx(
         [top1["no_blur", s] - top1["baseline", s] for s in (0, 1)])
-    assert (written["no_blur"]["seeds"], written["no_blur"]["bootstrap_over"]) == ([0, 1], "seeds")
+    assert (written["no_blur"]["seeds"], written["no_blur"]["bootstrap_over"]) == ([0, 1], "seeds and images")
     assert (written["huge_batch"]["n"], written["huge_batch"]["excluded_seeds"]) == (0, [0, 1])
 
     stamps = {p: p.stat().st_mtime_ns for p in results.glob("*/summary.json") if "huge" not in str(p)}
