@@ -81,17 +81,6 @@ def image_noise_by_size(correct: np.ndarray, sizes: Sequence[int]) -> list[dict[
     return rows
 
 
-def paired_noise(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, float]:
-    """How noisy the per-seed differences a - b of two arms evaluated on the same images are (points): their sd
-    over seeds, and the image noise of one difference (discordant pairs: sqrt((p01 + p10 - (p01 - p10)^2) / N))."""
-    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
-    diff = 100.0 * (a.mean(axis=1) - b.mean(axis=1))
-    p01, p10 = (a & ~b).mean(axis=1), (~a & b).mean(axis=1)
-    image = 100.0 * np.sqrt((p01 + p10 - (p01 - p10) ** 2) / a.shape[1])
-    return {"mean_difference": float(diff.mean()), "difference_sd": float(diff.std(ddof=1)) if len(diff) > 1
-            else math.nan, "image_sd_of_difference": float(image.mean())}
-
-
 # ----------------------------------------------------------------------------- measuring a budget
 
 BUDGET_FOLDER = "noise-budget"  # under the results folder: per-backbone head-seed evaluations and the budget

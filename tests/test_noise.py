@@ -11,7 +11,7 @@ import pytest
 
 from byol_lib import report
 from byol_lib.config import load_config
-from byol_lib.noise import decompose, head_correctness, image_noise_by_size, measure, paired_noise
+from byol_lib.noise import decompose, head_correctness, image_noise_by_size, measure
 
 from .conftest import ROOT, TINY_GRID
 
@@ -57,17 +57,6 @@ def test_image_noise_by_size_matches_the_binomial_law() -> None:
         assert row["binomial_sd"] == pytest.approx(expected, rel=0.02)
         assert row["measured_sd"] == pytest.approx(expected, rel=0.2)  # 80 / 20 parts per run, 4 runs
     assert rows[2]["parts"] == 2 and rows[3]["parts"] == 1 and math.isnan(rows[3]["measured_sd"])
-
-
-def test_paired_noise_by_hand() -> None:
-    a = np.array([[1, 1, 0, 1], [0, 1, 1, 1]], dtype=bool)
-    b = np.array([[1, 0, 0, 1], [0, 1, 0, 0]], dtype=bool)
-    out = paired_noise(a, b)
-    assert out["mean_difference"] == pytest.approx((25.0 + 50.0) / 2)
-    assert out["difference_sd"] == pytest.approx(np.std([25.0, 50.0], ddof=1))
-    # seed 0: p01 = 1/4, p10 = 0; seed 1: p01 = 2/4, p10 = 0
-    expected = [100 * math.sqrt((0.25 - 0.25**2) / 4), 100 * math.sqrt((0.5 - 0.5**2) / 4)]
-    assert out["image_sd_of_difference"] == pytest.approx(np.mean(expected))
 
 
 @pytest.mark.slow
