@@ -341,7 +341,7 @@ def adapt(first: Wave, run_wave: Callable[[Wave], object], read: Callable[[], Se
 
 def _with_baseline(variants: Sequence[str] | None) -> list[str] | None:
     """The variants of an adaptive batch: pairing needs the baseline."""
-    return None if variants is None or BASELINE in variants else [BASELINE, *variants]
+    return None if variants is None else [BASELINE, *(name for name in variants if name != BASELINE)]
 
 
 def _first_wave(jobs: Sequence[Job]) -> Wave:

@@ -387,3 +387,11 @@ def test_the_default_study_file_and_bad_study_files(tmp_path: Path) -> None:
     path.write_text(good.replace("[0, 1]", "[-1]"))
     with pytest.raises(ConfigError, match="seeds: must be a non-empty list of seeds >= 0"):
         load_study(path)
+
+
+def test_an_adaptive_batch_runs_the_variants_it_names_and_the_baseline(tmp_path: Path) -> None:
+    settings = ablation.Settings(results_dir=tmp_path)
+    grids = [ROOT / "configs/ablations/augmentations.yaml"]
+    for asked in (["no_blur"], ["baseline", "no_blur"]):
+        jobs, _ = ablation.next_jobs(grids, settings, asked, [0, 1], target=2.0, max_seeds=2)
+        assert sorted({job.variant.name for job in jobs}) == ["baseline", "no_blur"], asked
