@@ -16,8 +16,8 @@ and a verdict: ``resolved`` when the paired 95% interval excludes 0.
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -29,7 +29,7 @@ import pandas as pd
 
 from byol_lib import registry, stats
 from byol_lib.linear import PREDICTIONS
-from byol_lib.results import write_json_atomic
+from byol_lib.results import write_json_atomic, write_text_atomic
 from byol_lib.variants import BASELINE, load_grid
 
 CONFIDENCE, POWER = 0.95, 0.8
@@ -53,6 +53,14 @@ class Comparison:
     grid: str | None = None
     label: str | None = None
     paper_top1: float | None = None
+    paper_baseline: float | None = None  # the paper's top-1 for the grid's baseline row
+
+    @property
+    def paper_delta(self) -> float | None:
+        """The paper's change for this row (None without both numbers)."""
+        if self.paper_top1 is None or self.paper_baseline is None:
+            return None
+        return self.paper_top1 - self.paper_baseline
 
     def __post_init__(self) -> None:
         if not len(self.seeds) == len(self.top1) == len(self.baseline_top1):
@@ -124,7 +132,8 @@ class Comparison:
         paired, (_, boot_low, boot_high) = self.paired, self.bootstrap
         fields = {
             "variant": self.variant, "label": self.label or self.variant, "grid": self.grid,
-            "paper_top1": self.paper_top1, "confidence": CONFIDENCE, "n": self.n, "seeds": list(self.seeds),
+            "paper_top1": self.paper_top1, "paper_delta": self.paper_delta,
+            "confidence": CONFIDENCE, "n": self.n, "seeds": list(self.seeds),
             "excluded_seeds": list(self.excluded_seeds), "unpaired_seeds": list(self.unpaired_seeds),
             "top1": list(self.top1), "baseline_top1": list(self.baseline_top1), "differences": list(self.differences),
             "delta": paired.delta, "sd": self.sd, "se": paired.se, "df": paired.df, "ci_low": paired.low,
@@ -182,6 +191,7 @@ def compare(results_dir: str | Path | None = None, study: str = "ablation",
     labels and paper top-1s come from ``grid_files`` when given."""
     finished, failed = _study_runs(registry.load_runs(results_dir), study)
     known = {v.name: v for path in grid_files or () for v in load_grid(path).variants}
+    paper_baseline = _paper_baseline(grid_files)
     base, base_failed = finished.get(BASELINE, {}), failed.get(BASELINE, set())
     out = []
     for name in sorted((finished.keys() | failed.keys()) - {BASELINE}):
@@ -196,8 +206,14 @@ def compare(results_dir: str | Path | None = None, study: str = "ablation",
             excluded_seeds=tuple(sorted(failed.get(name, set()) | (own.keys() & base_failed))),
             unpaired_seeds=tuple(sorted(own.keys() - base.keys() - base_failed)),
             grid=grids[0] if grids else None, label=variant.label if variant else name,
-            paper_top1=variant.paper_top1 if variant else None))
+            paper_top1=variant.paper_top1 if variant else None, paper_baseline=paper_baseline))
     return out
+
+
+def _paper_baseline(grid_files: Sequence[str | Path] | None) -> float | None:
+    """The paper's top-1 for the baseline row of the grid files (the first that gives one)."""
+    return next((v.paper_top1 for g in grid_files or () for v in load_grid(g).variants
+                 if v.name == BASELINE and v.paper_top1 is not None), None)
 
 
 def agreement(comparisons: Sequence[Comparison], paper_baseline: float, reps: int = BOOTSTRAP_REPS,
@@ -239,13 +255,12 @@ def save_comparisons(comparisons: Sequence[Comparison], folder: Path) -> Path:
     records = [c.record() for c in comparisons]
     write_json_atomic(folder / JSON_NAME, records)
     scalars = [{key: value for key, value in r.items() if not isinstance(value, list)} for r in records]
-    tmp = folder / f".{CSV_NAME}.tmp"
-    with tmp.open("w", newline="") as handle:
-        if scalars:
-            writer = csv.DictWriter(handle, fieldnames=list(scalars[0]))
-            writer.writeheader()
-            writer.writerows(scalars)
-    os.replace(tmp, folder / CSV_NAME)
+    table = io.StringIO(newline="")
+    if scalars:
+        writer = csv.DictWriter(table, fieldnames=list(scalars[0]))
+        writer.writeheader()
+        writer.writerows(scalars)
+    write_text_atomic(folder / CSV_NAME, table.getvalue())
     return folder / JSON_NAME
 
 
@@ -256,8 +271,7 @@ def write_comparisons(results_dir: str | Path | None, study: str,
     comparisons = compare(results_dir, study, grid_files)
     folder = comparisons_folder(results_dir, study)
     save_comparisons(comparisons, folder)
-    baselines = [v.paper_top1 for g in grid_files or () for v in load_grid(g).variants
-                 if v.name == BASELINE and v.paper_top1 is not None]
-    if baselines:
-        write_json_atomic(folder / AGREEMENT_NAME, agreement(comparisons, baselines[0]))
+    paper_baseline = _paper_baseline(grid_files)
+    if paper_baseline is not None:
+        write_json_atomic(folder / AGREEMENT_NAME, agreement(comparisons, paper_baseline))
     return comparisons

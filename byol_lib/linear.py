@@ -19,7 +19,7 @@ from byol_lib import distributed, fast, results
 from byol_lib.checkpoint import latest_checkpoint
 from byol_lib.config import Config, ConfigError
 from byol_lib.data.datasets import build_dataset
-from byol_lib.evaluate import LinearEvalSettings, compute_features, evaluate_head, knn_predict, linear_eval
+from byol_lib.evaluate import Features, LinearEvalSettings, compute_features, evaluate_head, knn_predict, linear_eval
 from byol_lib.export import ExportError, extract_online_encoder, load_any_checkpoint, save_weights
 from byol_lib.model import ResNet
 
@@ -112,14 +112,19 @@ def settings_from(cfg: Config, world_size: int, num_train: int, num_classes: int
         num_workers=cfg["dataloader"]["train"]["num_workers"])
 
 
+def split_features(backbone: ResNet, train: Any, test: Any, aug: Config,
+                   settings: LinearEvalSettings) -> tuple[Features, Features]:
+    """The centre-crop features of both splits, computed once for the linear heads and the kNN."""
+    train_features, test_features = (compute_features(backbone, split, aug, batch_size=settings.batch_size,
+                                                      num_workers=settings.num_workers) for split in (train, test))
+    return train_features, test_features
+
+
 def _evaluate(backbone: ResNet, train: Any, test: Any, cfg: Config, settings: LinearEvalSettings,
               log: Any) -> dict[str, Any]:
-    """The linear evaluation's result, each kNN's top-1 (``knn_top1_k<k>``) and every per-image prediction.
-
-    The centre-crop features of both splits are computed once and serve the linear heads and the kNN."""
+    """The linear evaluation's result, each kNN's top-1 (``knn_top1_k<k>``) and every per-image prediction."""
     aug, evaluation = cfg["augmentation"], cfg["linear_eval"]
-    features = tuple(compute_features(backbone, split, aug, batch_size=settings.batch_size,
-                                      num_workers=settings.num_workers) for split in (train, test))
+    features = split_features(backbone, train, test, aug, settings)
     result = linear_eval(backbone, train, test, aug, settings, log=log, features=features)
     (train_x, train_y), (test_x, labels) = features
     ks = [k for k in evaluation["knn_k"] if k <= len(train_y)]

@@ -91,8 +91,7 @@ def head_correctness(pretrain_run: Path, linear_cfg: dict[str, Any], head_seeds:
     """``[H, N]``: which validation images the linear evaluation of a pretraining run's backbone gets right with each
     head seed (the linear config's settings, ``seed`` replaced), the features computed once."""
     from byol_lib.data.datasets import build_dataset
-    from byol_lib.evaluate import compute_features
-    from byol_lib.linear import build_backbone, load_pretrained, settings_from
+    from byol_lib.linear import build_backbone, load_pretrained, settings_from, split_features
 
     train = build_dataset(linear_cfg["dataloader"]["train"]["dataset"], "train")
     test = build_dataset(linear_cfg["dataloader"]["val"]["dataset"], "val")
@@ -100,7 +99,7 @@ def head_correctness(pretrain_run: Path, linear_cfg: dict[str, Any], head_seeds:
     load_pretrained(backbone, str(pretrain_run))
     settings = settings_from(linear_cfg, 1, len(train), len(train.classes))
     aug = linear_cfg["augmentation"]
-    features = tuple(compute_features(backbone, split, aug, batch_size=settings.batch_size) for split in (train, test))
+    features = split_features(backbone, train, test, aug, settings)
     rows = []
     for seed in head_seeds:
         result = linear_eval(backbone, train, test, aug, dataclasses.replace(settings, seed=seed), features=features)

@@ -460,14 +460,12 @@ PAIRED_COLUMNS = ["variant", "label", "grid", "n", "delta", "ci_low", "ci_high",
                   "seeds_for_halfwidth_5"]
 
 
-def paired_table(results_dir: str | Path, study: str, paper_baseline: float = 72.5) -> pd.DataFrame:
+def paired_table(results_dir: str | Path, study: str) -> pd.DataFrame:
     """A study's paired comparisons (``<results>/<study>/comparisons.json``), one row per variant; empty if none."""
     path = Path(results_dir) / study / "comparisons.json"
     if not path.is_file():
         return pd.DataFrame(columns=PAIRED_COLUMNS)
-    frame = pd.DataFrame(json.loads(path.read_text()))
-    frame["paper_delta"] = frame["paper_top1"].astype(float) - paper_baseline
-    return frame[PAIRED_COLUMNS]
+    return pd.DataFrame(json.loads(path.read_text()))[PAIRED_COLUMNS]
 
 
 def studies(results_dir: str | Path) -> list[str]:

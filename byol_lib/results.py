@@ -85,10 +85,15 @@ def new_run_dir(output_dir: Path, kind: str, digest: str) -> Path:
     return folder
 
 
-def write_json_atomic(path: Path, data: dict[str, Any] | list[Any]) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temp file beside ``path``, then rename (a reader never sees half a file)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: dict[str, Any] | list[Any]) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def write_arrays_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:

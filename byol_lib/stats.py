@@ -4,11 +4,11 @@ agreement (Spearman, Kendall tau-b). Pure numpy and ``math``; the Student-t quan
 incomplete beta function (a continued fraction), so no scipy is needed.
 
 Paired first: a variant and the baseline run with the same seed share their initialisation, data order and
-augmentation draws (each sample's views come from a generator seeded by seed, step and image) and are evaluated
-on the same validation images, so much of the seed-to-seed noise is common to both and cancels in the per-seed
-difference (common random numbers). The paired interval uses only the spread of those differences; it stays valid
-when a variant changes the random stream (then it is just no narrower). Welch's interval is for unpaired cases:
-arms that do not share their seeds (a baseline run with more seeds, or pooled from several grids); it assumes
+augmentation draws (each view of a sample comes from a generator seeded by seed, step, image and view) and are
+evaluated on the same validation images, so much of the seed-to-seed noise is common to both and cancels in the
+per-seed difference (common random numbers). The paired interval uses only the spread of those differences; it stays
+valid when a variant changes the random stream (then it is just no narrower). Welch's interval is for unpaired
+cases: arms that do not share their seeds (a baseline run with more seeds, or pooled from several grids); it assumes
 neither equal variances nor pairing.
 """
 
