@@ -304,6 +304,27 @@ def run_noise(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", default="results", help="the results folder to report on (default: results)")
+    parser.add_argument("--output", default="reports/report.html", help="the HTML file to write")
+    parser.add_argument("--show-code", action="store_true", help="keep the notebook's code cells in the HTML")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from byol_lib.notebook import NotebookError, build_report
+
+    if not Path(args.results).is_dir():
+        print(f"error: --results {args.results}: no such folder", file=sys.stderr)
+        return 2
+    try:
+        html = build_report(Path(args.results).resolve(), Path(args.output).resolve(), show_code=args.show_code)
+    except NotebookError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"report: {html}", flush=True)
+    return 0
+
+
 def train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tools/train.py",
                                      description="BYOL pretraining or linear evaluation (PASSL-compatible flags)")
@@ -336,7 +357,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_noise_arguments(noise_cmd)
     conv = commands.add_parser("convert", help="rename a ResNet backbone to PaddleClas names (passl2ppclas)")
     add_convert_arguments(conv)
+    report_cmd = commands.add_parser("report", help="regenerate the HTML report from a results folder")
+    add_report_arguments(report_cmd)
     args = parser.parse_args(argv)
+    if args.command == "report":
+        return run_report(args)
     if args.command == "reproduce":
         return run_reproduce(args)
     if args.command == "extract":

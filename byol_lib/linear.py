@@ -27,6 +27,7 @@ KIND = "linear"
 IMAGENET_TRAIN, IMAGENET_HOLDOUT = 1281167, 10009
 RANDOM_INIT = "random"
 PREDICTIONS = "predictions.npz"  # per test image: labels, the linear head's and each kNN's predicted class
+RANDOM_INIT_PREFIX = "random_init_"  # the same predictions of the random-init baseline, under these keys
 
 
 def build_backbone(cfg: Config) -> ResNet:
@@ -141,7 +142,6 @@ def _random_init_baseline(cfg: Config, train: Any, test: Any, settings: LinearEv
     paddle.seed(cfg["seed"] + 1)
     outcome = _evaluate(build_backbone(cfg), train, test, cfg, settings, log=None)
     result = outcome.pop("result")
-    outcome.pop("predictions")
     return {"top1": result.test_top1, "top5": result.test_top5, "chosen_lr": result.chosen_lr, **outcome}
 
 
@@ -224,11 +224,7 @@ def run_linear_eval(cfg: Config, pretrained: str | None = None, load: Path | Non
             figures: dict[str, Any] = {"top1": scores["top1"], "top5": scores["top5"]}
         else:
             outcome = _evaluate(backbone, train, test, cfg, settings, log)
-            result = outcome.pop("result")
-            if ctx.is_main:
-                results.write_arrays_atomic(run_dir / PREDICTIONS, outcome.pop("predictions"))
-            else:
-                outcome.pop("predictions")
+            result, predictions = outcome.pop("result"), outcome.pop("predictions")
             figures = {"protocol": result.protocol, "top1": result.test_top1, "top5": result.test_top5,
                        "chosen_lr": result.chosen_lr, "grid_extended": result.grid_extended,
                        "holdout_top1": {str(k): v for k, v in result.holdout_top1.items()},
@@ -237,6 +233,11 @@ def run_linear_eval(cfg: Config, pretrained: str | None = None, load: Path | Non
                 save_classifier(run_dir / "classifier.pdparams", backbone, result.head)
             if cfg["linear_eval"]["random_init_baseline"] and pretrained != RANDOM_INIT:
                 figures["random_init"] = _random_init_baseline(cfg, train, test, settings)
+                untrained = figures["random_init"].pop("predictions")
+                predictions.update({RANDOM_INIT_PREFIX + key: value for key, value in untrained.items()
+                                    if key != "labels"})
+            if ctx.is_main:
+                results.write_arrays_atomic(run_dir / PREDICTIONS, predictions)
     except BaseException as err:
         if ctx.is_main:
             results.write_json_atomic(run_dir / "summary.json",

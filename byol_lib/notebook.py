@@ -47,6 +47,7 @@ KIND = "notebook"
 NOTEBOOKS = results.repo_root() / "notebooks"
 REPORT_NOTEBOOK = NOTEBOOKS / "90_report.ipynb"
 REPORT_HTML = results.repo_root() / "reports" / "report.html"
+TEMPLATES = Path(__file__).resolve().parent  # holds report_template/: lab's template without CDN scripts
 KERNEL_ENV = {**runtime.QUIET_ENV, "TQDM_DISABLE": "1"}
 KERNEL_ENV_REMOVED = ("MPLBACKEND",)  # a CLI's "Agg" would silently drop every figure from the notebook
 HIDDEN_TAGS = {"remove_cell": "remove_cell_tags", "remove_output": "remove_all_outputs_tags",
@@ -197,7 +198,8 @@ def run_notebook(notebook: str | Path, parameters: Mapping[str, Any] | None = No
 
 def export_html(executed: str | Path, html: str | Path, *, show_code: bool = False,
                 title: str = "BYOL reproduction report") -> Path:
-    """Convert an executed notebook to one HTML file: figures inline, code cells hidden unless ``show_code``.
+    """Convert an executed notebook to one self-contained HTML file (``report_template``: no external script,
+    font or image), figures inline, code cells hidden unless ``show_code``.
 
     Cells tagged ``remove_cell`` are dropped, ``remove_output`` loses its outputs, ``remove_input`` its code.
     """
@@ -206,7 +208,8 @@ def export_html(executed: str | Path, html: str | Path, *, show_code: bool = Fal
 
     quiet = logging.getLogger("byol_lib.nbconvert")  # the lab template has no alt text: nbconvert adds a generic
     quiet.setLevel(logging.ERROR)                      # one to each figure and would warn about every report
-    exporter = HTMLExporter(template_name="lab", exclude_input=not show_code, exclude_input_prompt=not show_code,
+    exporter = HTMLExporter(template_name="report_template", extra_template_basedirs=[str(TEMPLATES)],
+                            exclude_input=not show_code, exclude_input_prompt=not show_code,
                             exclude_output_prompt=True, log=quiet)
     tags = TagRemovePreprocessor(**{trait: {tag} for tag, trait in HIDDEN_TAGS.items()})
     exporter.register_preprocessor(tags, enabled=True)

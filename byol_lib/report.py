@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,9 @@ import yaml
 from matplotlib.figure import Figure
 from pandas.io.formats.style import Styler
 
-from byol_lib import registry, stats
+from byol_lib import findings, registry, stats
 from byol_lib.export import backbone_layout
-from byol_lib.results import read_metrics, repo_root
+from byol_lib.results import git_commit, read_metrics, repo_root
 from byol_lib.variants import grid_labels
 
 REFERENCES = repo_root() / "configs" / "references.yaml"
@@ -36,8 +37,9 @@ MEASURED = ("pretrain", "linear", "knn", "ablation")  # kinds whose rows are res
 NOT_ABLATIONS = (registry.BASELINE, registry.RANDOM_INIT)
 PAPER_SOURCE = "Grill"
 CURVE_PANELS = (("loss", ("loss", "byol_loss", "classifier_loss")), ("learning rate", ("lr",)), ("tau", ("tau",)),
-                ("online-probe accuracy (fraction)", ("online_accuracy",)), ("collapse monitor: z std", ("z_std",)),
+                ("online-probe top-1 (%)", ("online_accuracy",)), ("collapse monitor: z std", ("z_std",)),
                 ("images / s", ("images_per_s",)))
+FRACTIONS = ("online_accuracy",)  # logged as fractions, plotted in percent
 AUGMENT_ROWS = (("flip", "flip (probability)"), ("color_jitter", "colour jitter (probability)"),
                 ("brightness", "  brightness (strength)"), ("contrast", "  contrast (strength)"),
                 ("saturation", "  saturation (strength)"), ("hue", "  hue (strength)"),
@@ -105,8 +107,9 @@ def comparability(row: Mapping[str, Any], ref: Mapping[str, Any]) -> list[str]:
 
 def gap_table(runs: pd.DataFrame, refs: pd.DataFrame) -> pd.DataFrame:
     """The reproduction gap: this project's baseline and random-init setups (mean over seeds), then the headline
-    references. Each measured row has its top-1 gap to the paper's number for the same variant and the closest
-    budget, and a note saying whether the two are comparable in absolute terms, and if not why."""
+    references. A measured row gets a top-1 gap to the paper's number for the same variant and the closest budget
+    only when the two are comparable (same dataset, backbone, evaluation, epochs and batch); otherwise they are set
+    side by side and the note says why no gap is computed."""
     order = {registry.LINEAR: 0, registry.KNN: 1, registry.ONLINE: 2}
     own = seed_table(runs)
     own = own[own["variant"].isin(NOT_ABLATIONS)]
@@ -121,17 +124,27 @@ def gap_table(runs: pd.DataFrame, refs: pd.DataFrame) -> pd.DataFrame:
                      "global_batch": row["global_batch"], "seeds": row["runs"], "top1": row["top1"],
                      "top1_std": row["top1_std"], "top5": row["top5"],
                      "reference": None if ref is None else ref["label"],
-                     "gap_top1": None if ref is None else row["top1"] - ref["top1"],
-                     "note": "comparable" if not reasons else "not comparable in absolute terms: "
-                     + "; ".join(reasons)})
+                     "gap_top1": None if ref is None or reasons else row["top1"] - ref["top1"],
+                     "note": "comparable" if not reasons else "side by side, not subtracted: " + "; ".join(reasons)})
     for _, ref in refs[refs["group"] == "headline"].iterrows():
         rows.append({"result": ref["label"], "evaluation": ref["evaluation"], "dataset": ref["dataset"],
                      "backbone": ref["backbone"], "epochs": ref["epochs"], "global_batch": ref["global_batch"],
                      "seeds": ref["seeds"], "top1": ref["top1"], "top1_std": ref["top1_std"], "top5": ref["top5"],
                      "reference": None, "gap_top1": None, "note": ref["source"]})
-    return pd.DataFrame(rows).astype({"epochs": "Int64", "global_batch": "Int64", "seeds": "Int64",
-                                      "top1": "float64", "top1_std": "float64", "top5": "float64",
-                                      "gap_top1": "float64"})
+    table = pd.DataFrame(rows).astype({"epochs": "Int64", "global_batch": "Int64", "seeds": "Int64",
+                                       "top1": "float64", "top1_std": "float64", "top5": "float64",
+                                       "gap_top1": "float64"})
+    return top5_where_meaningful(table)
+
+
+def top5_where_meaningful(frame: pd.DataFrame) -> pd.DataFrame:
+    """Top-5 kept only on ImageNet rows (on 10-class data it says little); top-5 columns left empty are dropped."""
+    top5 = [c for c in frame.columns if c.startswith("top5")]
+    if "dataset" not in frame or not top5:
+        return frame
+    frame = frame.copy()
+    frame.loc[frame["dataset"] != "ImageNet", top5] = np.nan
+    return frame.drop(columns=[c for c in top5 if frame[c].isna().all()])
 
 
 def _sign_agrees(measured: float, paper: float, low: float, high: float) -> Any:
@@ -253,10 +266,11 @@ def curve_runs(runs: pd.DataFrame, limit: int) -> list[str]:
     first, then ablation runs in run-id order (a grid's baseline before its variants' names)."""
     pretraining = runs[(runs["evaluation"] == registry.ONLINE) & (runs["status"] == "finished")]
     in_grid = pretraining["grid"].fillna("") != ""
-    main = pretraining[~in_grid].sort_values("run_id", ascending=False)
-    ablation = pretraining[in_grid].assign(not_baseline=pretraining["variant"] != "baseline")
-    ablation = ablation.sort_values(["not_baseline", "run_id"])
-    return pd.concat([main, ablation])["path"].drop_duplicates().head(limit).tolist()
+    main = pretraining[~in_grid].sort_values("run_id", ascending=False)["path"].tolist()
+    ablation = pretraining[in_grid]
+    ablation = ablation.assign(not_baseline=ablation["variant"] != registry.BASELINE)  # an empty frame stays empty
+    ablation_paths = ablation.sort_values(["not_baseline", "run_id"])["path"].tolist()
+    return list(dict.fromkeys(main + ablation_paths))[:limit]
 
 
 def run_overview(folder: str | Path) -> pd.DataFrame:
@@ -308,7 +322,7 @@ def plot_pretrain_curves(metrics: Sequence[Mapping[str, Any]], out_dim: int | No
     for ax, (name, keys) in zip(fig.subplots(2, 3).ravel(), CURVE_PANELS, strict=True):
         for key in keys:
             if key in frame:
-                ax.plot(frame["step"], frame[key], label=key, lw=1.2)
+                ax.plot(frame["step"], frame[key] * (100.0 if key in FRACTIONS else 1.0), label=key, lw=1.2)
         if name.startswith("collapse") and out_dim:
             ax.axhline(1 / math.sqrt(out_dim), ls="--", color="gray", lw=1, label="1/sqrt(dim): spread")
             ax.axhline(0.0, ls=":", color="red", lw=1, label="0: collapsed")
@@ -509,3 +523,158 @@ def plot_noise_budget(path: str | Path) -> Figure:
     right.legend(fontsize=8)
     right.grid(alpha=0.3)
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# The report's first screen and its side-by-side study tables (byol_lib.findings computes the numbers)
+
+STUDY_COLUMNS = ["variant", "paper top-1 %", "paper change", "our change", "paired 95% interval", "per-seed changes",
+                 "verdict", "same sign as the paper"]
+
+
+def _same_sign(record: Mapping[str, Any]) -> str:
+    paper = record.get("paper_delta")
+    if paper is None:
+        return "—"
+    if not record.get("resolved"):
+        return "unresolved"
+    return "yes" if np.sign(record["delta"]) == np.sign(paper) else "no"
+
+
+def study_table(records: Sequence[Mapping[str, Any]], grid: str | None = None) -> pd.DataFrame:
+    """One study's comparisons (``comparisons.json`` records) of ``grid`` (all when None) beside the paper's:
+    the paper's top-1 and change, ours with its paired interval and each seed's change, the verdict and whether a
+    resolved change has the paper's sign. Sorted by our change."""
+    rows = [r for r in records if grid is None or r.get("grid") == grid]
+    out = [{"variant": r["label"], "paper top-1 %": r.get("paper_top1"), "paper change": r.get("paper_delta"),
+            "our change": r.get("delta"),
+            "paired 95% interval": findings.interval(*(math.nan if r.get(k) is None else r[k]
+                                                       for k in ("ci_low", "ci_high"))),
+            "per-seed changes": ", ".join(findings.signed(d) for d in r.get("differences") or []),
+            "verdict": "resolved" if r.get("resolved") else "not resolved", "same sign as the paper": _same_sign(r),
+            "_resolved": bool(r.get("resolved"))} for r in rows]
+    frame = pd.DataFrame(out, columns=[*STUDY_COLUMNS, "_resolved"]).astype(
+        {"paper top-1 %": "float64", "paper change": "float64", "our change": "float64"})
+    return frame.sort_values("our change", na_position="last").reset_index(drop=True)
+
+
+def style_study(table: pd.DataFrame) -> Styler:
+    """``study_table`` for display: one decimal (two for the paper's), resolved changes in bold, no index."""
+    resolved = table["_resolved"].tolist()
+    visible = table.drop(columns="_resolved")
+
+    def bold(column: pd.Series) -> list[str]:
+        return ["font-weight: bold" if r else "color: #666" for r in resolved]
+
+    return (visible.style.format({"paper top-1 %": "{:.2f}", "paper change": "{:+.2f}", "our change": "{:+.1f}"},
+                                 na_rep="—")
+            .apply(bold, subset=["our change", "paired 95% interval", "verdict"])
+            .set_properties(subset=["variant"], **{"text-align": "left"}).hide(axis="index"))
+
+
+def plot_study(records: Sequence[Mapping[str, Any]], grid: str | None = None, title: str = "") -> Figure | None:
+    """Our change for each variant (dots: one per seed; bar: the mean with its paired 95% interval) beside the
+    paper's change (a cross), offline linear top-1 in points, one row per variant."""
+    import seaborn as sns
+
+    table = study_table(records, grid)
+    rows = [r for r in records if grid is None or r.get("grid") == grid]
+    if not rows:
+        return None
+    order = table["variant"].tolist()
+    by_label = {r["label"]: r for r in rows}
+    seeds = pd.DataFrame([{"variant": r["label"], "change": d} for r in rows for d in r.get("differences") or []])
+    fig = Figure(figsize=(9, 1.0 + 0.42 * len(order)), layout="constrained")
+    ax = fig.subplots()
+    if not seeds.empty:
+        sns.stripplot(data=seeds, x="change", y="variant", order=order, ax=ax, color="tab:blue", alpha=0.45, size=5,
+                      jitter=0.12, label="one seed")
+    for y, label in enumerate(order):
+        r = by_label[label]
+        low, high = r.get("ci_low"), r.get("ci_high")
+        if low is not None and high is not None:
+            ax.plot([low, high], [y, y], color="tab:blue", lw=2.2, label="paired 95% interval" if y == 0 else None)
+        ax.plot([r["delta"]], [y], "o", color="tab:blue", ms=8, mec="black",
+                label="our change (mean over seeds)" if y == 0 else None)
+        if r.get("paper_delta") is not None:
+            ax.plot([r["paper_delta"]], [y], "X", color="tab:red", ms=9, label="the paper's change" if y == 0 else None)
+    ax.axvline(0.0, color="black", lw=0.8)
+    ax.set_xlabel("offline linear top-1 change vs the baseline of the same seed (points)")
+    ax.set_ylabel("")
+    ax.grid(axis="x", alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    ax.legend(unique.values(), unique.keys(), fontsize=8, loc="best")
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+def plot_gains(runs: pd.DataFrame) -> Figure | None:
+    """What pretraining bought: BYOL minus the random-init encoder with its 95% interval, per evaluation (offline
+    linear first), one panel per budget (``findings.gains``)."""
+    found = findings.gains(runs)
+    if not found:
+        return None
+    fig = Figure(figsize=(6 * min(len(found), 2), 0.9 + 0.45 * max(len(g) for g in found.values())),
+                 layout="constrained")
+    for ax, (setup, gains) in zip(np.atleast_1d(fig.subplots(1, min(len(found), 2))), found.items(), strict=False):
+        ys = np.arange(len(gains))
+        deltas = np.array([g.delta for g in gains])
+        lows = np.array([g.low for g in gains])
+        highs = np.array([g.high for g in gains])
+        err = np.clip(np.nan_to_num(np.vstack([deltas - lows, highs - deltas])), 0.0, None)
+        ax.errorbar(deltas, ys, xerr=err, fmt="o", color="tab:green", capsize=4)
+        ax.set_yticks(ys, [f"{g.evaluation}\n{g.byol:.1f}% vs {g.random_init:.1f}%" for g in gains], fontsize=8)
+        ax.invert_yaxis()
+        ax.axvline(0.0, color="black", lw=0.8)
+        ax.set_xlabel("BYOL minus random init, top-1 (points)")
+        ax.set_title(f"{setup[0]}, {setup[1]}, {setup[2]} epochs", fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def folded(summary: str, frame: pd.DataFrame | Styler, precision: int = 2) -> str:
+    """A table inside a closed ``<details>`` element: raw tables the reader opens when needed."""
+    styler = frame if isinstance(frame, Styler) else show(frame, precision)
+    return f"<details><summary>{summary}</summary>{styler.to_html()}</details>"
+
+
+def caveat_box(text: str) -> str:
+    """One highlighted box (the report's only caveat)."""
+    return f'<div class="byol-caveat"><b>Caveat.</b> {text}</div>'
+
+
+def header(runs: pd.DataFrame, results_dir: str | Path) -> str:
+    """The report's first line: when and from which commit it was generated, over which folder and runs."""
+    now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    per_run = runs.drop_duplicates("run_id")
+    finished = int((per_run["status"] == "finished").sum())
+    return (f"Generated {now} from git commit `{git_commit()}` over `{results_dir}`: {len(per_run)} runs, "
+            f"{finished} finished. Accuracies are top-1 in percent; changes in percentage points.")
+
+
+POWER_COLUMNS = ["label", "n", "sd", "halfwidth", "mde", "verdict", "seeds_for_halfwidth_1", "seeds_for_halfwidth_2",
+                 "seeds_for_halfwidth_5"]
+
+
+def power_table(results_dir: str | Path, study: str) -> pd.DataFrame:
+    """A study's resolution per comparison: seeds, sd of the differences, half-width, minimum detectable effect,
+    verdict and the seeds that half-widths of 1, 2 and 5 points would need."""
+    path = Path(results_dir) / study / "comparisons.json"
+    if not path.is_file():
+        return pd.DataFrame(columns=POWER_COLUMNS)
+    table = pd.DataFrame(json.loads(path.read_text()), columns=POWER_COLUMNS)
+    return table.astype({"n": "Int64", **{c: "Int64" for c in POWER_COLUMNS if c.startswith("seeds_for")}})
+
+
+def other_evaluations(ablations: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """``ablation_table``'s kNN and online-probe rows, one (title, table) per evaluation and budget."""
+    other = ablations[ablations["evaluation"] != registry.LINEAR]
+    out = []
+    for (evaluation, k, epochs), table in other.groupby(["evaluation", "knn_k", "epochs"], dropna=False, sort=True):
+        name = evaluation if pd.isna(k) else f"{evaluation} k={k}"
+        budget = "" if pd.isna(epochs) else f", {epochs} epochs"
+        out.append((f"{name}{budget}", table[["label", "runs", "top1", "top1_std", "baseline_top1", "measured_delta",
+                                              "ci_low", "ci_high"]]))
+    return out

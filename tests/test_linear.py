@@ -60,6 +60,9 @@ def test_train_then_evaluate_only_reproduces_the_reported_accuracy(pretrained_ch
         assert (saved["linear"] == labels).mean() == pytest.approx(summary["top1"])
         for k in (5, 20):
             assert (saved[f"knn_k{k}"] == labels).mean() == pytest.approx(summary[f"knn_top1_k{k}"])
+            untrained = saved[f"random_init_knn_k{k}"] == labels  # the random-init baseline, on the same images
+            assert untrained.mean() == pytest.approx(summary["random_init"][f"knn_top1_k{k}"])
+        assert (saved["random_init_linear"] == labels).mean() == pytest.approx(summary["random_init"]["top1"])
 
     again = _run(["-c", str(TINY_LINEAR), "--load", str(classifier), "--evaluate-only",
                   "-o", f"output_dir={tmp_path / 'b'}"])
