@@ -89,7 +89,7 @@ def main_linear_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return rows[rows["run_id"].isin(with_random)]
 
 
-def _setup_of(rows: pd.DataFrame) -> pd.DataFrame:
+def with_budget(rows: pd.DataFrame) -> pd.DataFrame:
     """The pretrained rows' budget (dataset, backbone, epochs, protocol) attached to every row of their run."""
     pretrained = rows[rows["variant"] == registry.BASELINE].drop_duplicates("run_id").set_index("run_id")
     keys = ["dataset", "backbone", "epochs", "protocol"]
@@ -111,7 +111,7 @@ def _image_correctness(folder: str, key: str) -> tuple[np.ndarray, np.ndarray] |
 def gains(runs: pd.DataFrame) -> dict[tuple[Any, ...], list[Gain]]:
     """Per budget (dataset, backbone, epochs, protocol): BYOL vs random init for the offline linear head, then
     each kNN k; see the module docstring for the interval."""
-    rows = _setup_of(main_linear_runs(runs))
+    rows = with_budget(main_linear_runs(runs))
     out: dict[tuple[Any, ...], list[Gain]] = {}
     for setup, group in rows.groupby(["dataset", "backbone", "epochs", "protocol"], dropna=False, sort=True):
         found = []

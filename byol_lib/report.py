@@ -220,14 +220,6 @@ def ablation_agreement(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=columns)
 
 
-def deviation_costs(table: pd.DataFrame) -> pd.DataFrame:
-    """The PASSL deviations (variants ``d<N>_*`` and ``passl_head*``), costliest first: what each costs alone."""
-    rows = table[table["variant"].str.match(r"^(d\d+_|passl_head)")]
-    columns = ["variant", "label", "evaluation", "knn_k", "runs", "top1", "top1_std", "measured_delta", "ci_low",
-               "ci_high", "paper_delta"]
-    return rows.sort_values(["evaluation", "knn_k", "measured_delta"])[columns]
-
-
 def evaluation_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Offline linear and kNN results of every linear run, the random-init baseline beside each."""
     rows = runs[runs["evaluation"].isin((registry.LINEAR, registry.KNN)) & (runs["kind"] != "evaluate")]
@@ -396,12 +388,13 @@ def _grouped_bars(ax: Any, categories: Sequence[str], series: Mapping[str, Seque
 
 
 def plot_eval_results(runs: pd.DataFrame, max_setups: int = 4) -> Figure | None:
-    """Offline linear and kNN top-1 (mean ± std over seeds), pretrained beside random init, per setup."""
-    table = seed_table(runs)
-    table = table[table["evaluation"].isin((registry.LINEAR, registry.KNN)) & table["variant"].isin(NOT_ABLATIONS)]
+    """Offline linear and kNN top-1 (mean ± std over seeds), pretrained beside the random-init encoder evaluated in
+    the same runs, one panel per budget (dataset, backbone, protocol, pretraining epochs); ablation runs left out."""
+    table = seed_table(findings.with_budget(findings.main_linear_runs(runs)))
+    table = table[table["evaluation"].isin((registry.LINEAR, registry.KNN))]
     if table.empty:
         return None
-    setup_keys = ["dataset", "backbone", "protocol"]
+    setup_keys = ["dataset", "backbone", "protocol", "epochs"]
     setups = list(table.groupby(setup_keys, dropna=False, sort=True))[:max_setups]
     fig = Figure(figsize=(6 * len(setups), 3.8), layout="constrained")
     for ax, (key, group) in zip(np.atleast_1d(fig.subplots(1, len(setups))), setups, strict=True):
@@ -418,24 +411,6 @@ def plot_eval_results(runs: pd.DataFrame, max_setups: int = 4) -> Figure | None:
         ax.set_ylabel("top-1 (%)")
         ax.set_title(" / ".join(str(k) for k in key), fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    return fig
-
-
-def plot_ablation(table: pd.DataFrame) -> Figure | None:
-    """Measured top-1 delta (with its confidence interval) vs the paper's delta for each variant, side by side."""
-    if table.empty:
-        return None
-    categories = [f"{row.label} ({row.evaluation}{'' if pd.isna(row.knn_k) else f' k={row.knn_k}'})"
-                  for row in table.itertuples()]
-    fig = Figure(figsize=(9, 1.2 + 0.45 * len(categories)), layout="constrained")
-    ax = fig.subplots()
-    half_width = (table["ci_high"] - table["measured_delta"]).tolist()
-    _grouped_bars(ax, categories, {"measured (this project)": table["measured_delta"].tolist(),
-                                   "paper": table["paper_delta"].tolist()},
-                  errors={"measured (this project)": half_width, "paper": [math.nan] * len(table)}, horizontal=True)
-    ax.axvline(0.0, color="black", lw=0.8)
-    ax.set_xlabel("top-1 change vs baseline (percentage points)")
-    ax.grid(axis="x", alpha=0.3)
     return fig
 
 

@@ -35,7 +35,7 @@ def _run_all(tmp_path: Path) -> str:
 def test_run_all_runs_the_default_profile_end_to_end_and_skips_finished_steps(tmp_path: Path) -> None:
     out = _run_all(tmp_path)
     html = (tmp_path / "report.html").read_text()
-    assert "Reproduction gap" in html and "Ablation" in html
+    assert ">Findings<" in html and "Table 17 side by side" in html and "BYOL against a random-init encoder" in html
     summary = json.loads((tmp_path / "default-linear-s0" / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["pretrained"].endswith("default-pretrain-s0/backbone.pdparams")
     assert (tmp_path / "default-pretrain-s0" / "backbone.pdparams").is_file()
