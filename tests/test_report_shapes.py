@@ -118,4 +118,7 @@ def test_the_report_runs_on_every_shape_of_results(shape: str, tmp_path: Path,
         assert sum(isinstance(s, Figure) for s in shown) >= 3  # gains, augmentations, PASSL deviations
     if shape == "several profiles":
         assert "Synthetic, resnet18, 8 epochs" in text and "CIFAR10, resnet18, 3 epochs" in text
+        gains = next(s for s in shown if isinstance(s, Figure))  # one panel per budget, never two in one
+        assert sorted(ax.get_title() for ax in gains.axes) == ["CIFAR10, resnet18, 3 epochs",
+                                                                "Synthetic, resnet18, 8 epochs"]
         assert text.index("does not beat") < text.index("above a random-init encoder, without an interval")
