@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, the latest one, and exact resume.
+"""Checkpoints: atomic writes, the latest one, and exact resume (read with ``safe_pickle``: no code runs).
 
 A checkpoint holds the model (online, target, predictor, classifier and BN statistics), the
 optimiser's buffers keyed by structured parameter names (Paddle's auto names change with
@@ -18,6 +18,7 @@ import paddle
 import paddle.nn as nn
 
 from byol_lib.optim import LARS
+from byol_lib.safe_pickle import WeightFileError, load_weights
 
 _NAME = re.compile(r"^step_(\d+)\.pdckpt$")
 
@@ -65,18 +66,33 @@ def save_checkpoint(folder: Path, step: int, model: nn.Layer, optimizer: LARS, e
     return final
 
 
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's contents, read without running code; ``WeightFileError`` (one line) unless it is one of ours."""
+    state = load_weights(path)
+    if not (isinstance(state, dict) and isinstance(state.get("model"), dict) and isinstance(state.get("step"), int)
+            and isinstance(state.get("optimizer"), dict)):
+        raise WeightFileError(f"{path}: not a byol-repro checkpoint (expected keys 'step', 'model' and 'optimizer')")
+    return state
+
+
 def load_checkpoint(path: Path, model: nn.Layer, optimizer: LARS | None = None) -> dict[str, Any]:
-    """Restore ``model`` (and ``optimizer``) in place; return the checkpoint's ``step`` and ``extra``."""
-    state = paddle.load(str(path))
-    if not isinstance(state, dict) or "model" not in state or "step" not in state:
-        raise ValueError(f"{path} is not a byol-repro checkpoint (expected keys 'step' and 'model')")
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state["model"]))
-    unexpected = sorted(set(state["model"]) - set(own))
-    if missing or unexpected:
-        raise ValueError(f"{path} does not match this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    model.set_state_dict({k: np.asarray(v) for k, v in state["model"].items()})
+    """Restore ``model`` (and ``optimizer``) in place; return the checkpoint's ``step`` and ``extra``.
+
+    Every key and shape is checked first: a checkpoint of another architecture or width changes nothing.
+    """
+    state = read_checkpoint(path)
+    own = {key: list(value.shape) for key, value in model.state_dict().items()}
+    saved = state["model"]
+    missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+    wrong = sorted(key for key in set(own) & set(saved) if own[key] != list(np.shape(saved[key])))
+    if missing or unexpected or wrong:
+        raise WeightFileError(f"{path} does not fit this model (check model.backbone.depth/width and the heads): "
+                              f"missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {wrong[:5]}")
+    by_key = {key: p.name for key, p in model.named_parameters()}
+    if optimizer is not None and not set(state["optimizer"]) <= set(by_key):
+        raise WeightFileError(f"{path}: optimizer state for parameters this model does not have: "
+                              f"{sorted(set(state['optimizer']) - set(by_key))[:5]}")
+    model.set_state_dict({k: np.asarray(v) for k, v in saved.items()})
     if optimizer is not None:
-        by_key = {key: p.name for key, p in model.named_parameters()}
         optimizer.set_state_dict({by_key[k]: np.asarray(v) for k, v in state["optimizer"].items()})
-    return {"step": int(state["step"]), "extra": state.get("extra", {})}
+    return {"step": state["step"], "extra": state.get("extra", {})}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -161,12 +162,25 @@ def _non_negative(*keys: str) -> tuple[_Check, ...]:
     return tuple((k, lambda v: v is None or v >= 0, "must be >= 0") for k in keys)
 
 
+def _plain_name(value: str) -> bool:
+    """A single folder name (or empty): no path separator, not absolute, not ``.`` or ``..``."""
+    separators = [sep for sep in ("/", os.sep, os.altsep) if sep]
+    return value == "" or (value not in (".", "..") and not any(sep in value for sep in separators)
+                           and not Path(value).is_absolute())
+
+
+_RUN_CHECKS: tuple[_Check, ...] = (
+    ("seed", lambda v: 0 <= v < 2**32, "must be in [0, 2**32)"),
+    ("run_id", _plain_name, "must be a plain folder name (no '/', not absolute, not '..'): it goes under output_dir"),
+)
+
+
 def _dataset_rules(split: str) -> tuple[dict[str, tuple[Any, ...]], tuple[_Check, ...]]:
     """Allowed values and range checks of one ``dataloader.<split>`` section."""
     base = f"dataloader.{split}"
     choices = {f"{base}.dataset.name": ("ImageNet", "Synthetic", "CIFAR10", "CIFAR100"),
                f"{base}.dataset.bad_files": ("skip", "strict")}
-    checks = (*_non_negative(f"{base}.num_workers", f"{base}.dataset.num_images"),
+    checks = (*_non_negative(f"{base}.num_workers", f"{base}.dataset.num_images", f"{base}.dataset.seed"),
               *_positive(f"{base}.sampler.batch_size"))
     return choices, checks
 
@@ -222,7 +236,7 @@ PRETRAIN = Schema(
         ("model.target_decay_rate", lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
         ("optimizer.momentum", lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
         *_dataset_rules("train")[1],
-        _HOOKS_CHECK,
+        _HOOKS_CHECK, *_RUN_CHECKS,
     ),
 )
 
@@ -249,7 +263,7 @@ LINEAR = Schema(
         ("linear_eval.knn_k", lambda v: all(isinstance(x, int) and x > 0 for x in v), "must be positive integers"),
         ("optimizer.momentum", lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
         *_dataset_rules("train")[1], *_dataset_rules("val")[1],
-        _HOOKS_CHECK,
+        _HOOKS_CHECK, *_RUN_CHECKS,
     ),
     splits=("train", "val"),
 )
@@ -353,6 +367,8 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any], defaults: Mapping[st
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{source}: key '{path}' must be a mapping of sub-keys, got {value!r}")
             _merge(base[key], value, defaults, source, path + ".")
+        elif isinstance(value, Mapping):
+            raise ConfigError(f"{source}: key '{path}' is a single value, not a mapping of sub-keys; got {value!r}")
         else:
             base[key] = copy.deepcopy(value)
 
@@ -409,6 +425,8 @@ def validate(cfg: Config, schema: Schema, source: str = "config") -> None:
             continue
         if not _type_ok(value, expected):
             raise ConfigError(f"{source}: key '{key}' must be {_type_name(expected)}, got {value!r}")
+        if not all(math.isfinite(x) for x in (value if isinstance(value, list) else [value]) if isinstance(x, float)):
+            raise ConfigError(f"{source}: key '{key}' = {value!r} must be a finite number")
     for key, choices in schema.choices.items():
         if flat[key] not in choices:
             raise ConfigError(f"{source}: key '{key}' = {flat[key]!r} is not one of {list(choices)}")
@@ -549,7 +567,9 @@ def resolve(cfg: Config, world_size: int, num_images: int, num_classes: int) -> 
             "loop_length: passl_epochs for PASSL's mismatch, D10)"
         )
     if warmup > lr_steps:
-        raise ConfigError(f"warm-up of {warmup} steps is longer than the schedule ({lr_steps} steps)")
+        key = "warmup_steps" if sched["warmup_steps"] is not None else "warmup_epochs"
+        raise ConfigError(f"key 'lr_scheduler.{key}' = {sched[key]} gives a warm-up of {warmup} steps, longer than "
+                          f"the schedule ({lr_steps} steps); lower it")
     if per_device % cfg["accum_steps"]:
         raise ConfigError(f"key 'accum_steps' = {cfg['accum_steps']} does not divide the per-process batch of "
                           f"{per_device}")

@@ -1,6 +1,6 @@
 """Weight export: PASSL's ``tools/extract_weight.py`` and ``tools/passl2ppclas/convert.py`` (reference §9).
 
-Inputs, all read with ``paddle.load`` (which also reads PASSL's plain ``pickle.dump`` files):
+Inputs, all read with ``safe_pickle.load_weights`` (Paddle's and PASSL's pickles, without running code):
 
 * this project's checkpoints, ``{"step", "model", "optimizer", "extra"}``, online encoder under ``online.encoder.``;
 * PASSL checkpoints, ``{"epoch", "state_dict", "optimizer", "lr_scheduler"}``, online encoder under
@@ -26,7 +26,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import paddle
+
+from byol_lib.safe_pickle import WeightFileError, dump_portable, load_weights
 
 State = dict[str, np.ndarray]
 
@@ -81,13 +82,10 @@ def _state_dict_of(obj: object) -> object:
 def load_any_checkpoint(path: str | os.PathLike[str]) -> State:
     """The flat model state dict of a checkpoint of ours, of PASSL, or of an extracted/classifier weight file."""
     path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"{path}: {'not a file' if path.exists() else 'no such file'}")
     try:
-        obj = paddle.load(str(path), return_numpy=True)
-    except Exception as err:  # paddle.load raises ValueError, EOFError, UnpicklingError, RuntimeError...
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ExportError(f"{path}: not a Paddle/pickle weight file ({reason})") from err
+        obj = load_weights(path)
+    except WeightFileError as err:
+        raise ExportError(str(err)) from err
     state = _state_dict_of(obj)
     if not isinstance(state, dict):
         raise ExportError(f"{path}: holds a {type(state).__name__}, not a state dict")
@@ -213,7 +211,8 @@ def _check_suffix(path: Path, suffixes: Sequence[str]) -> None:
 
 def save_weights(state: Mapping[str, np.ndarray], path: str | os.PathLike[str],
                  suffixes: Sequence[str] = EXTRACT_SUFFIXES) -> Path:
-    """Write a flat ``{name: array}`` dict with ``paddle.save``, atomically (temp file, fsync, rename)."""
+    """Write a flat ``{name: array}`` dict as ``paddle.save`` would, readable with numpy 1.x (``dump_portable``),
+    atomically (temp file, fsync, rename)."""
     path = Path(path)
     _check_suffix(path, suffixes)
     if not state:
@@ -221,8 +220,9 @@ def save_weights(state: Mapping[str, np.ndarray], path: str | os.PathLike[str],
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        paddle.save(dict(state), str(tmp))
-        with open(tmp, "rb") as handle:
+        with open(tmp, "wb") as handle:
+            dump_portable(dict(state), handle)
+            handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError as err:

@@ -112,13 +112,13 @@ def write_config(folder: Path, cfg: dict[str, Any]) -> None:
 
 
 class MetricsLog:
-    """Appends one JSON object per logged step to ``metrics.jsonl``; drops rows past a resume point."""
+    """Appends one JSON object per logged step to ``metrics.jsonl``; drops rows logged after the resumed checkpoint."""
 
     def __init__(self, path: Path, resume_step: int) -> None:
         self.path = path
         if path.exists():
             kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) < resume_step]
+                    if resume_step and line.strip() and json.loads(line).get("step", 0) <= resume_step]
             path.write_text("".join(line + "\n" for line in kept))
 
     def append(self, row: dict[str, Any]) -> None:

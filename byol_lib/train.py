@@ -71,9 +71,19 @@ def checkpoint_every(cfg: Config) -> int:
     return ckpt["interval"]
 
 
+def _holding_run(checkpoint: Path) -> Path | None:
+    """The pretraining run folder of ours that holds ``checkpoint`` in its ``checkpoints/``, if any."""
+    folder = checkpoint.resolve().parent
+    if folder.name == "checkpoints" and results.read_summary(folder.parent).get("kind") == KIND:
+        return folder.parent
+    return None
+
+
 def _run_folder(cfg: Config, resume: Path | None) -> Path:
-    if resume is not None:
-        return resume.resolve().parent.parent
+    """The run folder: the one holding ``resume`` when it is ours, else ``output_dir/run_id`` or a run of this
+    config under ``output_dir`` (the newest unfinished one, or a new one)."""
+    if resume is not None and (holder := _holding_run(resume)) is not None:
+        return holder
     output_dir = Path(cfg["output_dir"])
     if cfg["run_id"]:
         folder = output_dir / cfg["run_id"]
@@ -125,20 +135,23 @@ def _pretrain(cfg: Config, ctx: distributed.Context, resume: Path | None, verbos
     cfg = resolve(cfg, ctx.world_size, len(images), len(images.classes))
     cfg["derived"]["classes"] = list(images.classes)
     derived = cfg["derived"]
-    run_dir = Path(distributed.broadcast_object(str(_run_folder(cfg, resume)) if ctx.is_main else None, ctx))
-    previous = results.read_summary(run_dir)
-    if previous and previous.get("config_hash") != results.config_hash(cfg):
-        raise ConfigError(f"{run_dir} holds a run of a different config; choose another run_id or output_dir")
-    ckpt_dir = run_dir / "checkpoints"
-
     paddle.seed(cfg["seed"])
     model = build_model(cfg)
     if cfg["model"]["init"] == "passl":
         passl_initialise(model, align_target=cfg["model"]["align_init_network"])
     synchronise_batch_norm(model, cfg, ctx)
     optimizer = build_optimizer(model, cfg)
-    source = resume or latest_checkpoint(ckpt_dir)
-    state = load_checkpoint(source, model, optimizer) if source else {"step": 0, "extra": {}}
+    resumed = load_checkpoint(resume, model, optimizer) if resume else None  # a bad file: no folder is made
+
+    run_dir = Path(distributed.broadcast_object(str(_run_folder(cfg, resume)) if ctx.is_main else None, ctx))
+    previous = results.read_summary(run_dir)
+    if previous and previous.get("config_hash") != results.config_hash(cfg):
+        raise ConfigError(f"{run_dir} holds a run of a different config; choose another run_id or output_dir")
+    ckpt_dir = run_dir / "checkpoints"
+    state = resumed
+    if state is None:
+        latest = latest_checkpoint(ckpt_dir)
+        state = load_checkpoint(latest, model, optimizer) if latest else {"step": 0, "extra": {}}
     start_step, elapsed_before = state["step"], state["extra"].get("wall_time_s", 0.0)
     if start_step >= derived["total_steps"] and (run_dir / "summary.json").is_file():
         if verbose and ctx.is_main:

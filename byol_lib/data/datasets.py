@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from byol_lib.data import synthetic
+from byol_lib.safe_pickle import safe_unpickle
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*", b"P5", b"P6", b"P2", b"P3")
@@ -241,30 +242,14 @@ _CIFAR_FILES: dict[str, dict[str, Any]] = {
     "CIFAR100": {"train": ["train"], "val": ["test"],
                  "meta": "meta", "names": b"fine_label_names", "labels": b"fine_labels"},
 }
-_PICKLE_GLOBALS = {
-    ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.numeric", "_frombuffer"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-}
-
-
 _UNREADABLE = (
     OSError, EOFError, IndexError, KeyError, TypeError, ValueError, AttributeError,
     pickle.UnpicklingError, tarfile.TarError,
 )
 
 
-class _CifarUnpickler(pickle.Unpickler):
-    """Unpickles plain data and numpy arrays only; the archive cannot run code."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        module = module.replace("numpy.core", "numpy._core", 1)
-        if (module, name) not in _PICKLE_GLOBALS:
-            raise pickle.UnpicklingError(f"unexpected object {module}.{name} in a CIFAR file")
-        return super().find_class(module, name)
-
-
 def _unpickle(f: BinaryIO) -> dict[bytes, Any]:
-    return _CifarUnpickler(f, encoding="bytes").load()
+    return safe_unpickle(f, encoding="bytes")  # plain data and numpy arrays only: the archive cannot run code
 
 
 def _read_cifar_files(path: Path, wanted: list[str]) -> dict[str, dict[bytes, Any]]:
