@@ -77,10 +77,10 @@ def _signed(value: float | None, width: int) -> str:
 
 
 def _interval(record: Mapping[str, Any]) -> str:
+    """``-21.4 ± 5.3`` (the mean paired change and its half-width), 14 wide."""
     delta, half = record.get("delta"), record.get("halfwidth")
-    if delta is None:
-        return f"{'-':>14}"
-    return f"{delta:+6.1f} ± {half:5.1f}" if half is not None else f"{delta:+6.1f} ±     -"
+    text = _signed(delta, 6) + ("" if half is None else f" ± {half:.1f}")
+    return f"{text:<14}"
 
 
 def _resolved(record: Mapping[str, Any]) -> str:
@@ -107,7 +107,7 @@ def summary_table(main_runs: Sequence[tuple[str, Mapping[str, Any]]], comparison
                              f"{percent(random.get(f'{_KNN_PREFIX}{k}')):>9}")
     if comparisons:
         lines += [f"{study or 'ablation'}: change vs baseline, linear top-1 points (paired 95% interval)",
-                  f"{'variant':<24} {'ours':>14}  {'n':>2}  {'paper':>6}  {'MDE':>5}  resolved"]
+                  f"{'variant':<24} {'ours':<14}  {'n':>2}  {'paper':>6}  {'MDE':>5}  resolved"]
         for record in comparisons:
             mde = record.get("mde")
             lines.append(f"{record['variant'][:24]:<24} {_interval(record)}  {record.get('n', 0):>2}  "
