@@ -422,15 +422,9 @@ def run_batch(grid_files: Sequence[str | Path], settings: Settings, variants: Se
             print(f"== next wave: {'; '.join(f'{name} {seeds}' for name, seeds in wave.items())}", flush=True)
         outcomes.extend(run_jobs(wave_jobs(grid_files, settings, wave), settings, max_parallel, threads, verbose))
 
-    def read() -> list[Comparison]:
-        found = _current(grid_files, settings, names)
-        if verbose:
-            print("".join(f"==   {c.variant}: ± {c.paired.half:.2f} points over {c.n} seeds (target {target})\n"
-                          for c in found), end="", flush=True)
-        return found
-
-    if target is not None:
-        adaptation = adapt(_first_wave(jobs), run_wave, read, target, max_seeds)
+    if target is not None:  # each variant's half-width is in the closing table / verdicts, not after every wave
+        adaptation = adapt(_first_wave(jobs), run_wave, lambda: _current(grid_files, settings, names), target,
+                           max_seeds)
         return Batch(outcomes, adaptation.comparisons, adaptation)
     outcomes = run_jobs(jobs, settings, max_parallel, threads, verbose)
     return Batch(outcomes, _current(grid_files, settings, names) if write_comparisons else [])

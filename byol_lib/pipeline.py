@@ -139,7 +139,8 @@ def reproduce(profile_name: str = "default", data: str | None = None, seeds: Seq
         print(f"== {lin_id}: linear evaluation", flush=True)
         lin_cfg = load_config(root / profile.linear_config, [*lin_data, *common, *linear_overrides, f"run_id={lin_id}"])
         linear_runs.append(run_linear_eval(lin_cfg, pretrained=str(backbone)))
-        main_runs.append((f"{lin_id} (BYOL, {cfg['epochs']} epochs)", read_summary(linear_runs[-1])))
+        epochs = f"{cfg['epochs']} epoch" + ("s" if cfg["epochs"] != 1 else "")
+        main_runs.append((f"{lin_id} (BYOL, {epochs})", read_summary(linear_runs[-1])))
     comparisons: list[dict[str, Any]] = []
     if ablation != "none":
         study = ablation_study(profile, ablation)
