@@ -276,8 +276,8 @@ def run_jobs(jobs: Sequence[Job], settings: Settings, max_parallel: int | None =
 
 
 def job_line(outcome: Outcome, done: int, total: int, elapsed: float) -> str:
-    """``== job n/N <variant> s<seed>: <status> in <time>  |  <elapsed> elapsed, ETA <left>`` for the batch as a
-    whole (at its pace so far, parallel jobs included), then the error of a failed job."""
+    """``== job n/N  <elapsed> elapsed, ETA <left>  |  <variant> s<seed>: <status> in <time>``: the ETA is the batch's
+    as a whole (at its pace so far, parallel jobs included); a failed job's error follows."""
     job = outcome.job
     line = (f"== {console.progress_line('job', done, total, elapsed)}  |  {job.variant.name} s{job.seed}: "
             f"{outcome.status} in {console.duration(outcome.seconds)}")

@@ -139,7 +139,7 @@ def _evaluate(backbone: ResNet, train: Any, test: Any, cfg: Config, settings: Li
 
 
 def _random_init_baseline(cfg: Config, train: Any, test: Any, settings: LinearEvalSettings,
-                          log: Any) -> dict[str, Any]:
+                          log: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     """The same evaluation on an untrained backbone: what pretraining bought."""
     paddle.seed(cfg["seed"] + 1)
     outcome = _evaluate(build_backbone(cfg), train, test, cfg, settings, log=log)
