@@ -34,7 +34,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from byol_lib import results, runtime
+from byol_lib import console, results, runtime
 from byol_lib.comparisons import CONFIDENCE, Comparison, write_comparisons
 from byol_lib.config import ConfigError, load_config
 from byol_lib.stats import seeds_needed
@@ -42,7 +42,6 @@ from byol_lib.variants import BASELINE, Grid, Variant, load_grid, variant_config
 
 RECORDED_BY = "ablation runner"
 DEFAULT_MAX_SEEDS = 8
-_STATUS_WIDTH = 8
 Wave = dict[str, list[int]]  # the seeds each variant runs next
 
 
@@ -254,6 +253,7 @@ def run_jobs(jobs: Sequence[Job], settings: Settings, max_parallel: int | None =
     settings.results_dir.mkdir(parents=True, exist_ok=True)
     done: list[Outcome] = []
     printing = threading.Lock()
+    began = time.perf_counter()
 
     def say(line: str) -> None:
         if verbose:
@@ -263,15 +263,25 @@ def run_jobs(jobs: Sequence[Job], settings: Settings, max_parallel: int | None =
     def one(job: Job) -> Outcome:
         say(f"== {job.pretrain_id}: {job.grid.name} / {job.variant.label}")
         outcome = run_job(job, settings) if parallel == 1 else _run_in_child(job, settings, threads)
-        done.append(outcome)
-        say(f"== [{len(done)}/{len(jobs)}] {job.variant.name} s{job.seed}: {outcome.status:<{_STATUS_WIDTH}}"
-            f"{outcome.seconds:7.1f} s" + (f"  {outcome.error}" if outcome.error else ""))
+        with printing:
+            done.append(outcome)
+            line = job_line(outcome, len(done), len(jobs), time.perf_counter() - began)
+        say(line)
         return outcome
 
     if parallel == 1:
         return [one(job) for job in jobs]
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         return list(pool.map(one, jobs))
+
+
+def job_line(outcome: Outcome, done: int, total: int, elapsed: float) -> str:
+    """``== job n/N  <elapsed> elapsed, ETA <left>  |  <variant> s<seed>: <status> in <time>``: the ETA is the batch's
+    as a whole (at its pace so far, parallel jobs included); a failed job's error follows."""
+    job = outcome.job
+    line = (f"== {console.progress_line('job', done, total, elapsed)}  |  {job.variant.name} s{job.seed}: "
+            f"{outcome.status} in {console.duration(outcome.seconds)}")
+    return f"{line}  {outcome.error}" if outcome.error else line
 
 
 def wave_jobs(grid_files: Sequence[str | Path], settings: Settings, wave: Mapping[str, Sequence[int]]) -> list[Job]:
@@ -412,15 +422,9 @@ def run_batch(grid_files: Sequence[str | Path], settings: Settings, variants: Se
             print(f"== next wave: {'; '.join(f'{name} {seeds}' for name, seeds in wave.items())}", flush=True)
         outcomes.extend(run_jobs(wave_jobs(grid_files, settings, wave), settings, max_parallel, threads, verbose))
 
-    def read() -> list[Comparison]:
-        found = _current(grid_files, settings, names)
-        if verbose:
-            print("".join(f"==   {c.variant}: ± {c.paired.half:.2f} points over {c.n} seeds (target {target})\n"
-                          for c in found), end="", flush=True)
-        return found
-
-    if target is not None:
-        adaptation = adapt(_first_wave(jobs), run_wave, read, target, max_seeds)
+    if target is not None:  # each variant's half-width is in the closing table / verdicts, not after every wave
+        adaptation = adapt(_first_wave(jobs), run_wave, lambda: _current(grid_files, settings, names), target,
+                           max_seeds)
         return Batch(outcomes, adaptation.comparisons, adaptation)
     outcomes = run_jobs(jobs, settings, max_parallel, threads, verbose)
     return Batch(outcomes, _current(grid_files, settings, names) if write_comparisons else [])

@@ -153,7 +153,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
     from byol_lib.pipeline import reproduce
 
     try:
-        runs = reproduce(args.profile, data=args.data, seeds=args.seeds, gpus=args.gpus, nproc=args.nproc,
+        reproduce(args.profile, data=args.data, seeds=args.seeds, gpus=args.gpus, nproc=args.nproc,
                          output_dir=args.output_dir,
                          pretrain_overrides=[o for group in args.override for o in group],
                          linear_overrides=[o for group in args.linear_override for o in group],
@@ -165,7 +165,6 @@ def run_reproduce(args: argparse.Namespace) -> int:
     except (ConfigError, DatasetError, ExportError, NotebookError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print("linear evaluation runs: " + ", ".join(str(r) for r in runs), flush=True)
     return 0
 
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import paddle
 
-from byol_lib.ablation import Settings, outcome_rows, run_batch, verdict_lines
+from byol_lib.ablation import Settings, outcome_rows, run_batch
 from byol_lib.checkpoint import latest_checkpoint
 from byol_lib.config import ConfigError, load_config
+from byol_lib.console import summary_table
 from byol_lib.distributed import run_pretraining
 from byol_lib.export import convert_file, extract_file
 from byol_lib.linear import run_linear_eval
@@ -110,7 +112,8 @@ def reproduce(profile_name: str = "default", data: str | None = None, seeds: Seq
                           "(see requirements-gpu.txt)")
     root, output = repo_root(), Path(output_dir).resolve()
     pre_data, lin_data = data_overrides(profile, data)
-    linear_runs = []
+    linear_runs: list[Path] = []
+    main_runs: list[tuple[str, dict[str, Any]]] = []
     for seed in seeds:
         common = [f"output_dir={output}", f"seed={seed}"]
         pre_id = f"{profile.name}-pretrain-s{seed}"
@@ -136,6 +139,9 @@ def reproduce(profile_name: str = "default", data: str | None = None, seeds: Seq
         print(f"== {lin_id}: linear evaluation", flush=True)
         lin_cfg = load_config(root / profile.linear_config, [*lin_data, *common, *linear_overrides, f"run_id={lin_id}"])
         linear_runs.append(run_linear_eval(lin_cfg, pretrained=str(backbone)))
+        epochs = f"{cfg['epochs']} epoch" + ("s" if cfg["epochs"] != 1 else "")
+        main_runs.append((f"{lin_id} (BYOL, {epochs})", read_summary(linear_runs[-1])))
+    comparisons: list[dict[str, Any]] = []
     if ablation != "none":
         study = ablation_study(profile, ablation)
         ab_seeds = list(study.seeds if ablation_seeds is None else ablation_seeds)
@@ -154,11 +160,11 @@ def reproduce(profile_name: str = "default", data: str | None = None, seeds: Seq
         failed = [row for row in outcome_rows(batch.outcomes) if row["status"] == "failed"]
         for row in failed:  # recorded in the run folders; the report shows them, the reproduction goes on
             print(f"== ablation run failed: {row['variant']} seed {row['seed']}: {row['error']}", flush=True)
-        for line in verdict_lines(batch.comparisons):
-            print(f"== {line}", flush=True)
         if batch.adaptation is not None:
             print(f"== adaptive seeds: {batch.adaptation.message}", flush=True)
-    if report:
-        html = build_report(results_dir=output, output=Path(report))
-        print(f"== report: {html}", flush=True)
+        comparisons = [c.record() for c in batch.comparisons]  # as in <output>/<study>/comparisons.json
+    html = build_report(results_dir=output, output=Path(report)) if report else None
+    print("== summary", flush=True)
+    print("\n".join([*summary_table(main_runs, comparisons, f"{profile.name}-ablation"),
+                     f"report: {html}" if html else "report: not written (--report '')"]), flush=True)
     return linear_runs

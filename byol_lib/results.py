@@ -32,12 +32,44 @@ def repo_root() -> Path:
 
 
 def config_hash(cfg: dict[str, Any]) -> str:
-    """Short hash of everything that changes the result (not the run id, folder or device name)."""
+    """Short hash of everything that changes the result: not the run id, device name or loader processes, and no
+    location: absolute paths count relative to the output folder or the checkout they lie in (``portable``), so a
+    results folder copied or moved elsewhere keeps its runs."""
     stable = {k: v for k, v in cfg.items() if k not in _VOLATILE_KEYS}
     if isinstance(stable.get("dataloader"), dict):  # loader processes change the speed, not the batches
         stable["dataloader"] = {split: {k: v for k, v in part.items() if k != "num_workers"}
                                 if isinstance(part, dict) else part for split, part in stable["dataloader"].items()}
-    return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    places = {"<repo>": repo_root()}
+    if cfg.get("output_dir"):
+        places["<output>"] = Path(cfg["output_dir"]).resolve()
+    return hashlib.sha256(json.dumps(portable(stable, places), sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def portable(value: Any, places: dict[str, Path]) -> Any:
+    """``value`` with every absolute path inside one of ``places`` (the deepest that holds it) written as
+    ``<name>/relative/path``; other values, and paths elsewhere (data outside the checkout), unchanged."""
+    if isinstance(value, dict):
+        return {k: portable(v, places) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [portable(v, places) for v in value]
+    if not (isinstance(value, str) and os.path.isabs(value)):
+        return value
+    path = Path(os.path.normpath(value))
+    holders = [(len(base.parts), name, base) for name, base in places.items() if path.is_relative_to(base)]
+    if not holders:
+        return value
+    _, name, base = max(holders)
+    return f"{name}/{path.relative_to(base).as_posix()}"
+
+
+def same_config(folder: Path, cfg: dict[str, Any]) -> bool:
+    """Whether the run in ``folder`` was made with ``cfg``: its summary's hash, or (a run hashed before hashes were
+    location-free) the hash of the config.yaml it wrote."""
+    digest = config_hash(cfg)
+    if read_summary(folder).get("config_hash") == digest:
+        return True
+    written = Path(folder) / "config.yaml"
+    return written.is_file() and config_hash(yaml.safe_load(written.read_text())) == digest
 
 
 def git_commit() -> str:

@@ -16,13 +16,14 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import paddle
 import paddle.nn as nn
 
-from byol_lib import distributed, fast, results, runtime
+from byol_lib import console, distributed, fast, results, runtime
 from byol_lib.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from byol_lib.config import Config, ConfigError, resolve
 from byol_lib.data.augment import device_augment
@@ -94,30 +95,40 @@ def _run_folder(cfg: Config, resume: Path | None) -> Path:
 
 
 class Progress:
-    """tqdm on a terminal; plain periodic lines otherwise (logs, notebooks, CI)."""
+    """Step lines: tqdm on a terminal; else plain lines (logs, notebooks, CI) paced by ``console.Pacer``: the first
+    step of this session, every ``every`` steps, the last, and at least every ``console.HEARTBEAT_S`` seconds."""
 
-    def __init__(self, total: int, start: int, enabled: bool) -> None:
+    def __init__(self, total: int, start: int, every: int, enabled: bool,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self.bar = None
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
-        self.enabled = enabled
+        self.total, self.start, self.enabled, self.clock = total, start, enabled, clock
+        self.began = clock()
+        self.pacer = console.Pacer(total, every, first=start + 1, clock=clock)
 
-    def update(self, steps: int, row: dict[str, Any] | None) -> None:
+    def update(self, done: int, row: dict[str, Any], logged: bool) -> None:
+        """Step ``done`` finished; ``row``: the log window's figures so far (``logged``: written to metrics.jsonl)."""
         if self.bar is not None:
-            self.bar.update(steps)
-            if row:
+            self.bar.update(1)
+            if logged:
                 self.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.3g}",
                                      img_s=f"{row['images_per_s']:.1f}")
-        elif self.enabled and row:
-            print(f"step {row['step']:>7d}  epoch {row['epoch']:7.2f}  loss {row['loss']:.4f}  "
-                  f"byol {row['byol_loss']:.4f}  acc {row['online_accuracy']:.3f}  lr {row['lr']:.4g}  "
-                  f"tau {row['tau']:.5f}  z_std {row['z_std']:.4f}  {row['images_per_s']:.1f} img/s", flush=True)
+        elif self.enabled and self.pacer.due(done):
+            print(step_line(done, self.total, self.clock() - self.began, row, skipped=self.start), flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def step_line(done: int, total: int, elapsed: float, row: dict[str, Any], skipped: int = 0) -> str:
+    """``step n/N  <elapsed> elapsed, ETA <left>  loss .. acc .. lr .. img/s``."""
+    details = (f"loss {row['loss']:.4f}  acc {row['online_accuracy']:.3f}  lr {row['lr']:.3g}  "
+               f"{row['images_per_s']:.0f} img/s")
+    return console.progress_line("step", done, total, elapsed, details, skipped=skipped)
 
 
 def pretrain(cfg: Config, resume: Path | None = None, verbose: bool = True) -> Path:
@@ -144,8 +155,7 @@ def _pretrain(cfg: Config, ctx: distributed.Context, resume: Path | None, verbos
     resumed = load_checkpoint(resume, model, optimizer) if resume else None  # a bad file: no folder is made
 
     run_dir = Path(distributed.broadcast_object(str(_run_folder(cfg, resume)) if ctx.is_main else None, ctx))
-    previous = results.read_summary(run_dir)
-    if previous and previous.get("config_hash") != results.config_hash(cfg):
+    if results.read_summary(run_dir) and not results.same_config(run_dir, cfg):
         raise ConfigError(f"{run_dir} holds a run of a different config; choose another run_id or output_dir")
     ckpt_dir = run_dir / "checkpoints"
     state = resumed
@@ -169,11 +179,10 @@ def _pretrain(cfg: Config, ctx: distributed.Context, resume: Path | None, verbos
         results.write_json_atomic(run_dir / "summary.json", summary)
         metrics = results.MetricsLog(run_dir / "metrics.jsonl", start_step)
         if verbose:
-            print(f"run {run_dir}  |  {ctx.world_size} process(es) on {ctx.device}  |  global batch "
-                  f"{derived['global_batch']} ({derived['per_device_batch']}/process)  |  lr {derived['peak_lr']:.4g} "
-                  f"(= {cfg['lr_scheduler']['base_lr']} x {derived['global_batch']}/256 unless set)  |  "
-                  f"{derived['total_steps']} steps, warm-up {derived['warmup_steps']}"
-                  + (f"  |  resumed at step {start_step}" if start_step else ""), flush=True)
+            print(f"run {run_dir}" + (f", resumed at step {start_step}" if start_step else ""), flush=True)
+            print(f"{ctx.world_size} process(es) on {ctx.device}, batch {derived['global_batch']} "
+                  f"({derived['per_device_batch']}/process), lr {derived['peak_lr']:.4g}, {derived['total_steps']} "
+                  f"steps ({derived['warmup_steps']} warm-up)", flush=True)
 
     sched, aug, chunks = cfg["lr_scheduler"], cfg["augmentation"], cfg["accum_steps"]
     periodic = cfg["loop_length"] == "passl_epochs"
@@ -185,7 +194,7 @@ def _pretrain(cfg: Config, ctx: distributed.Context, resume: Path | None, verbos
         monitor = KnnMonitor(cfg["dataloader"]["train"]["dataset"], aug, k=knn_cfg["k"],
                              temperature=knn_cfg["temperature"], num_train=knn_cfg["num_train"],
                              num_val=knn_cfg["num_val"], batch_size=derived["per_device_batch"])
-    progress = Progress(derived["total_steps"], start_step, verbose and ctx.is_main)
+    progress = Progress(derived["total_steps"], start_step, every_log, verbose and ctx.is_main)
     sums: dict[str, float] = {}
     window_start, window_steps, run_start = time.perf_counter(), 0, time.perf_counter()
     step = start_step
@@ -218,16 +227,16 @@ def _pretrain(cfg: Config, ctx: distributed.Context, resume: Path | None, verbos
                 sums[key] = sums.get(key, 0.0) + value
             window_steps += 1
             done = step + 1
-            row = None
-            if done % every_log == 0 or done == derived["total_steps"]:
-                seconds = time.perf_counter() - window_start
-                row = {"step": done, "epoch": done / derived["steps_per_epoch"], "lr": lr, "tau": tau,
-                       **{k: v / window_steps for k, v in sums.items()},
-                       "images_per_s": derived["global_batch"] * window_steps / max(seconds, 1e-9)}
+            row = {"step": done, "epoch": done / derived["steps_per_epoch"], "lr": lr, "tau": tau,
+                   **{k: v / window_steps for k, v in sums.items()},
+                   "images_per_s": derived["global_batch"] * window_steps
+                   / max(time.perf_counter() - window_start, 1e-9)}
+            logged = done % every_log == 0 or done == derived["total_steps"]
+            if logged:
                 if metrics is not None:
                     metrics.append(row)
                 sums, window_steps, window_start = {}, 0, time.perf_counter()
-            progress.update(1, row)
+            progress.update(done, row, logged)
             if every_knn and (done % every_knn == 0 or done == derived["total_steps"]):
                 if monitor is not None:
                     measured_at = time.perf_counter()
@@ -237,7 +246,8 @@ def _pretrain(cfg: Config, ctx: distributed.Context, resume: Path | None, verbos
                     if metrics is not None:
                         metrics.append(knn)
                     if verbose:
-                        print(f"step {done:>7d}  kNN top-1 (k={monitor.k}) {knn['knn_top1']:.4f}", flush=True)
+                        print(f"step {done}/{derived['total_steps']}  kNN top-1 {console.percent(knn['knn_top1'])} "
+                              f"(k={monitor.k})", flush=True)
                 distributed.barrier(ctx)
             if done % every_ckpt == 0 or done == derived["total_steps"]:
                 finite = distributed.mean_over_ranks({"finite": float(all_finite(model))}, ctx)["finite"] == 1.0

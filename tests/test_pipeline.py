@@ -48,7 +48,11 @@ def test_run_all_runs_the_default_profile_end_to_end_and_skips_finished_steps(tm
         for kind in ("pretrain", "linear"):
             summaries[variant, kind] = (tmp_path / f"default-ablation-{variant}-{kind}-s0" / "summary.json").read_text()
             assert json.loads(summaries[variant, kind])["status"] == "finished", (variant, kind)
-    assert f"report: {tmp_path / 'report.html'}" in out
+    lines = out.splitlines()
+    table = lines[lines.index("== summary") + 1:]  # the console ends with the summary table and the report's path
+    assert table[-1] == f"report: {tmp_path / 'report.html'}" and len(table) <= 20
+    assert table[1].startswith("default-linear-s0 (BYOL, 1 epoch) ")
+    assert {line.split()[0] for line in table[4:-1]} == set(variants) - {"baseline"}
     again = _run_all(tmp_path)
     assert again.count("already finished") == 2  # the main pretraining and linear runs
     for (variant, kind), text in summaries.items():  # the ablation runs were skipped, not redone
