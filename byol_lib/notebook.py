@@ -37,7 +37,8 @@ import nbformat
 import papermill
 import yaml
 
-from byol_lib import results, runtime
+from byol_lib import results, run_folder, runtime
+from byol_lib.atomic import write_atomic, write_json
 from byol_lib.registry import NOTEBOOK_RECORD, results_path
 
 KERNEL = "python3"
@@ -128,18 +129,20 @@ def record(run_dir: Path, entry: Mapping[str, Any]) -> dict[str, Any]:
 
     A ``kind: notebook`` summary (created when there is none) takes the entry's status, error and wall time. In the
     summary of another run a failed entry fails the run unless that run finished (a plot failing after a finished
-    training run), and its error is kept when the run recorded none.
+    training run), and its error is kept when the run recorded none. The run folder is held meanwhile (waiting for
+    a run the notebook started to let go of it).
     """
-    results.write_json_atomic(run_dir / NOTEBOOK_RECORD, dict(entry))
-    summary = results.read_summary(run_dir) or {"run_id": run_dir.name, "kind": KIND, **results.environment()}
-    summary = {**summary, "notebook": dict(entry)}
-    if summary["kind"] == KIND:  # the notebook is the whole run
-        summary.update(status=entry["status"], error=entry["error"], wall_time_s=entry.get("wall_time_s"))
-    elif entry["status"] == "failed":
-        if summary.get("status") != "finished":
-            summary["status"] = "failed"
-        summary["error"] = summary.get("error") or entry["error"]
-    results.write_json_atomic(run_dir / "summary.json", summary)
+    with run_folder.hold(run_dir, wait=True):
+        write_json(run_dir / NOTEBOOK_RECORD, dict(entry))
+        summary = results.read_summary(run_dir) or {"run_id": run_dir.name, "kind": KIND, **results.environment()}
+        summary = {**summary, "kind": summary.get("kind", KIND), "notebook": dict(entry)}
+        if summary["kind"] == KIND:  # the notebook is the whole run
+            summary.update(status=entry["status"], error=entry["error"], wall_time_s=entry.get("wall_time_s"))
+        elif entry["status"] == "failed":
+            if summary.get("status") != "finished":
+                summary["status"] = "failed"
+            summary["error"] = summary.get("error") or entry["error"]
+        run_folder.write_summary(run_dir, summary)
     return summary
 
 
@@ -176,7 +179,7 @@ def run_notebook(notebook: str | Path, parameters: Mapping[str, Any] | None = No
     output = run_dir / path.name
     entry: dict[str, Any] = {"name": path.stem, "output": output.name, "parameters": parameters, "status": "running",
                              "error": None}
-    results.write_json_atomic(run_dir / NOTEBOOK_RECORD, entry)  # summary.json is the run's until the kernel is done
+    write_json(run_dir / NOTEBOOK_RECORD, entry)  # summary.json is the run's until the kernel is done
     start = time.perf_counter()
     try:
         with kernel_environment():
@@ -217,9 +220,7 @@ def export_html(executed: str | Path, html: str | Path, *, show_code: bool = Fal
     body, _ = exporter.from_notebook_node(node, resources={"metadata": {"name": title}})
     html = Path(html)
     html.parent.mkdir(parents=True, exist_ok=True)
-    tmp = html.with_name(f".{html.name}.tmp")
-    tmp.write_text(body, encoding="utf-8")
-    os.replace(tmp, html)
+    write_atomic(html, body)
     return html
 
 
