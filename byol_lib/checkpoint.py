@@ -130,20 +130,24 @@ def load_checkpoint(path: Path, model: nn.Layer, optimizer: LARS | None = None) 
 
 
 def resume_state(folder: Path, model: nn.Layer, optimizer: LARS) -> dict[str, Any] | None:
-    """Restore from the newest checkpoint in ``folder`` that verifies and loads (None when there is none); each
-    newer one passed over is named in a warning. ``WeightFileError`` when checkpoints exist but none loads."""
+    """Restore from the newest checkpoint in ``folder`` that verifies and loads (None when there is none); the newer
+    ones passed over are named in warnings. ``WeightFileError`` (the newest one's reason) when none loads."""
     found = list_checkpoints(folder)
+    passed_over: list[str] = []
     for _, path in reversed(found):
         try:
             state = read_checkpoint(path)
         except (WeightFileError, OSError) as err:
-            logger.warning("passing over checkpoint %s: %s", path.name, err)
+            passed_over.append(str(err))
             continue
-        if path != found[-1][1]:
+        for reason in passed_over:
+            logger.warning("passing over a checkpoint: %s", reason)
+        if passed_over:
             logger.warning("resuming from the older checkpoint %s", path.name)
         return apply_checkpoint(state, path, model, optimizer)
     if found:
-        raise WeightFileError(f"no checkpoint in {folder} loads; move them away to start the run afresh")
+        raise WeightFileError(f"no checkpoint in {folder} loads (newest: {passed_over[0]}); move them away to start "
+                              "the run afresh")
     return None
 
 

@@ -51,10 +51,9 @@ def _holder(handle: IO[str]) -> str:
 
 
 @contextlib.contextmanager
-def locked(path: Path, wait: bool, what: str) -> Iterator[None]:
-    """An exclusive ``flock`` on the file ``path`` (created if needed) for the block; ``RunFolderBusy`` naming the
-    holder when another process has it, unless ``wait``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _locked(path: Path, wait: bool, what: str) -> Iterator[None]:
+    """An exclusive ``flock`` on the file ``path`` for the block; ``RunFolderBusy`` naming the holder when another
+    process has it, unless ``wait``."""
     with open(path, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -72,6 +71,19 @@ def locked(path: Path, wait: bool, what: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def choosing(output_dir: Path) -> Iterator[None]:
+    """Runs choosing a run folder under ``output_dir`` take turns (a ``flock`` on the folder itself: nothing is
+    written), so two identical runs started together meet at the same folder."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(output_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -96,7 +108,7 @@ def signals_interrupt() -> Iterator[None]:
 def hold(folder: Path, wait: bool = False) -> Iterator[Path]:
     """Open the run folder ``folder`` (created if needed) for this process; see the module docstring."""
     folder.mkdir(parents=True, exist_ok=True)
-    with locked(folder / LOCK, wait, str(folder)):
+    with _locked(folder / LOCK, wait, str(folder)):
         for stale in atomic.remove_stale_temps(folder):
             logger.info("removed a stale temp file: %s", stale)
         with signals_interrupt():

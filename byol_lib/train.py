@@ -83,12 +83,12 @@ def _holding_run(checkpoint: Path) -> Path | None:
 def _run_folder(cfg: Config, resume: Path | None, wait: bool, stack: contextlib.ExitStack) -> Path:
     """The run folder, held for the rest of ``stack``: the one holding ``resume`` when it is ours, else
     ``output_dir/run_id`` or a run of this config under ``output_dir`` (the newest unfinished one, or a new one).
-    Runs choosing a folder take turns (a lock on ``output_dir``), so two identical runs meet at the same folder."""
+    Runs choosing a folder take turns, so two identical runs meet at the same folder (and one refuses)."""
+    if resume is not None and (holder := _holding_run(resume)) is not None:
+        return stack.enter_context(run_folder.hold(holder, wait))
     output_dir = Path(cfg["output_dir"])
-    with run_folder.locked(output_dir / run_folder.LOCK, True, str(output_dir)):
-        if resume is not None and (holder := _holding_run(resume)) is not None:
-            folder = holder
-        elif cfg["run_id"]:
+    with run_folder.choosing(output_dir):
+        if cfg["run_id"]:
             folder = output_dir / cfg["run_id"]
         else:
             digest = results.config_hash(cfg)
@@ -277,6 +277,7 @@ def _pretrain(cfg: Config, ctx: distributed.Context, resume: Path | None, verbos
             "backbone": f"resnet{cfg['model']['backbone']['depth']}", "wall_time_s": wall,
             "images_per_s": derived["global_batch"] * steps_run / max(time.perf_counter() - run_start, 1e-9),
             "replicas_identical": identical, "final": final,
+            "skipped_files": {"count": len(loader.skipped_files()), "files": loader.skipped_files()},
         })
         if verbose:
             print(f"finished: {run_dir}", flush=True)

@@ -66,6 +66,10 @@ class ImageDataset(ABC):
     def image(self, index: int) -> np.ndarray:
         """Image ``index`` as uint8 RGB, shape (H, W, 3)."""
 
+    def undecodable(self) -> frozenset[int]:
+        """Indices this process found undecodable so far (none for datasets held in memory)."""
+        return frozenset()
+
 
 def subset_indices(total: int, num_images: int, seed: int) -> np.ndarray:
     """All indices (``num_images`` 0 or >= total) or the first ``num_images`` of a permutation
@@ -219,6 +223,9 @@ class ImageFolderDataset(ImageDataset):
             self._failed.add(index)
             self.bad_files.append(path)
             return None
+
+    def undecodable(self) -> frozenset[int]:
+        return frozenset(self._failed)
 
     def image(self, index: int) -> np.ndarray:
         """Decoded image; in skip mode an undecodable one is replaced by the next of its class."""
