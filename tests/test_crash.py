@@ -188,25 +188,26 @@ def test_a_held_run_folder_refuses_a_second_holder_naming_the_pid(tmp_path: Path
 
 
 @pytest.mark.slow
-def test_two_identical_runs_one_refuses_one_waits_and_rows_are_unique(tmp_path: Path) -> None:
+def test_two_identical_runs_started_together_one_refuses_and_rows_are_unique(tmp_path: Path) -> None:
     cmd = [*TRAIN, "-o", "epochs=6", "-o", f"output_dir={tmp_path}"]
-    first = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    second = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for("*/checkpoints/step_00000002.pdckpt", tmp_path)
-    waiting = subprocess.Popen([*cmd, "--wait"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    outcomes = sorted([(first.wait(timeout=300), first.stderr.read()), (second.wait(timeout=300),
-                                                                         second.stderr.read())])
-    (done, _), (refused, message) = outcomes
+    procs = [subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    (done, _), (refused, message) = sorted((proc.wait(timeout=300), proc.stderr.read()) for proc in procs)
     assert (done, refused) == (0, 2)
     assert message.count("\n") == 1 and "is in use by pid" in message and "--wait" in message
-    assert "Traceback" not in message
-    out, _ = waiting.communicate(timeout=300)
-    assert waiting.returncode == 0 and "already finished" in out
     runs = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert len(runs) == 1
-    steps = [row["step"] for row in read_metrics(runs[0])]
-    assert steps == list(range(1, 25))
+    assert [row["step"] for row in read_metrics(runs[0])] == list(range(1, 25))
+
+
+def test_wait_starts_once_the_holder_lets_go(tmp_path: Path) -> None:
+    cmd = [*TRAIN, "-o", f"output_dir={tmp_path}", "-o", "run_id=run", "--wait"]
+    with run_folder.hold(tmp_path / "run"):
+        proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert f"is in use by pid {os.getpid()}: waiting for it" in proc.stderr.readline()
+        assert not (tmp_path / "run" / "summary.json").exists()
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and read_summary(tmp_path / "run")["status"] == "finished"
 
 
 @pytest.mark.slow
