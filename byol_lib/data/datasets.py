@@ -12,8 +12,9 @@ raises ``DatasetError`` naming it (policy "strict"). A file that passes but fail
 loaded (e.g. truncated) raises in strict mode; in skip mode it is recorded, reported once and
 replaced by the next decodable image *of the same class* (cyclically), so labels stay right and
 the substitute is deterministic. Files found at load time are recorded in the process that loads
-them (a data-loader worker's list is not the parent's). Files without an image extension are not
-part of the dataset and are ignored, as in torchvision's ``ImageFolder``.
+them (a data-loader worker's list is not the parent's; the pretraining loader reports them back, see
+``data.loader``). Files without an image extension are not part of the dataset and are ignored, as in
+torchvision's ``ImageFolder``.
 """
 
 from __future__ import annotations
