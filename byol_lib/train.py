@@ -93,7 +93,12 @@ def _run_folder(cfg: Config, resume: Path | None, wait: bool, stack: contextlib.
         else:
             digest = results.config_hash(cfg)
             folder = results.find_resumable(output_dir, KIND, digest) or results.new_run_dir(output_dir, KIND, digest)
-        return stack.enter_context(run_folder.hold(folder, wait))
+        try:
+            return stack.enter_context(run_folder.hold(folder))
+        except run_folder.RunFolderBusy:
+            if not wait:
+                raise
+    return stack.enter_context(run_folder.hold(folder, wait=True))  # others may choose their folders meanwhile
 
 
 class Progress:
