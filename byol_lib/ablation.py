@@ -34,7 +34,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from byol_lib import console, results, runtime
+from byol_lib import console, results, run_folder, runtime
 from byol_lib.comparisons import CONFIDENCE, Comparison, write_comparisons
 from byol_lib.config import ConfigError, load_config
 from byol_lib.stats import seeds_needed
@@ -159,13 +159,17 @@ def slurm_script(jobs: Sequence[Job], settings: Settings, max_parallel: int | No
 
 
 def _record_failure(folder: Path, kind: str, job: Job, error: str) -> None:
-    """Mark a run failed unless it wrote its own outcome (a failure it recorded, or a finish)."""
-    if results.read_summary(folder).get("status") in ("failed", "finished"):
+    """Mark a run failed unless it wrote its own outcome (a failure or interruption it recorded, or a finish) or
+    another process holds its folder (then the failure was that this job could not have it)."""
+    try:
+        with run_folder.hold(folder):
+            if results.read_summary(folder).get("status") in ("failed", "interrupted", "finished"):
+                return
+            run_folder.write_summary(folder, {
+                "run_id": folder.name, "kind": kind, "status": "failed", "error": error, "variant": job.variant.name,
+                "grid": job.grid.name, "seed": job.seed, "recorded_by": RECORDED_BY})
+    except run_folder.RunFolderBusy:
         return
-    folder.mkdir(parents=True, exist_ok=True)
-    results.write_json_atomic(folder / "summary.json", {
-        "run_id": folder.name, "kind": kind, "status": "failed", "error": error, "variant": job.variant.name,
-        "grid": job.grid.name, "seed": job.seed, "recorded_by": RECORDED_BY})
 
 
 def _clear_record(folder: Path) -> None:

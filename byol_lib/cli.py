@@ -31,6 +31,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--load", type=Path, default=None,
                         help="classification configs: a saved classifier (backbone + head)")
     parser.add_argument("--evaluate-only", action="store_true", help="with --load: evaluate on the val split")
+    parser.add_argument("--wait", action="store_true",
+                        help="when another run of this config holds its run folder, wait for it instead of refusing")
 
 
 def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +62,7 @@ def worker_args(args: argparse.Namespace) -> list[str]:
     for flag, value in (("--resume", args.resume), ("--pretrained", args.pretrained), ("--load", args.load)):
         if value is not None:
             argv += [flag, str(value)]
-    return argv + (["--evaluate-only"] if args.evaluate_only else [])
+    return argv + (["--evaluate-only"] if args.evaluate_only else []) + (["--wait"] if args.wait else [])
 
 
 def launch_from_args(args: argparse.Namespace) -> int:
@@ -91,10 +93,15 @@ def check_kind(cfg: dict, args: argparse.Namespace) -> None:
 
 
 def run_config(args: argparse.Namespace) -> int:
-    """Pretraining for a BYOL config, linear evaluation for a classification config."""
+    """Pretraining for a BYOL config, linear evaluation for a classification config.
+
+    Exit codes: 0 done, 2 an error (one line), 128 + the signal's number when SIGTERM/SIGINT interrupted the run.
+    """
+    from byol_lib.checkpoint import CheckpointWriteError
     from byol_lib.data.datasets import DatasetError
     from byol_lib.distributed import DeviceError
     from byol_lib.linear import run_linear_eval
+    from byol_lib.run_folder import Interrupted, RunFolderBusy
     from byol_lib.train import NonFiniteLossError, pretrain
 
     try:
@@ -103,17 +110,25 @@ def run_config(args: argparse.Namespace) -> int:
         if config_kind(cfg) == "linear":
             if args.resume is not None:
                 raise ConfigError("--resume is for pretraining configs; linear evaluation restarts from its weights")
-            run_linear_eval(cfg, pretrained=args.pretrained, load=args.load, evaluate_only=args.evaluate_only)
+            run_linear_eval(cfg, pretrained=args.pretrained, load=args.load, evaluate_only=args.evaluate_only,
+                            wait=args.wait)
             return 0
         if args.pretrained or args.load or args.evaluate_only:
             raise ConfigError(f"{args.config_file} is a pretraining config: --pretrained, --load and --evaluate-only "
                               "are for classification configs such as configs/byol/byol_clas_r50.yaml")
         if args.resume is not None and not args.resume.is_file():
             raise ConfigError(f"--resume {args.resume}: no such checkpoint file")
-        pretrain(cfg, resume=args.resume)
-    except (ConfigError, DatasetError, DeviceError, NonFiniteLossError) as err:
+        pretrain(cfg, resume=args.resume, wait=args.wait)
+    except (ConfigError, DatasetError, DeviceError, NonFiniteLossError, CheckpointWriteError, RunFolderBusy) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Interrupted as err:
+        where = f": {err.folder} is recorded as interrupted; re-run the same command to resume" if err.folder else ""
+        print(f"{err}{where}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted by SIGINT", file=sys.stderr)
+        return 130
     return 0
 
 

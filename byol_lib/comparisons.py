@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 
 from byol_lib import registry, stats
+from byol_lib.atomic import write_atomic, write_json
 from byol_lib.linear import PREDICTIONS
-from byol_lib.results import write_json_atomic, write_text_atomic
 from byol_lib.variants import BASELINE, load_grid
 
 CONFIDENCE, POWER = 0.95, 0.8
@@ -253,14 +253,14 @@ def save_comparisons(comparisons: Sequence[Comparison], folder: Path) -> Path:
     """Write ``comparisons.json`` and ``comparisons.csv`` into ``folder``, each atomically; return the JSON file."""
     folder.mkdir(parents=True, exist_ok=True)
     records = [c.record() for c in comparisons]
-    write_json_atomic(folder / JSON_NAME, records)
+    write_json(folder / JSON_NAME, records)
     scalars = [{key: value for key, value in r.items() if not isinstance(value, list)} for r in records]
     table = io.StringIO(newline="")
     if scalars:
         writer = csv.DictWriter(table, fieldnames=list(scalars[0]))
         writer.writeheader()
         writer.writerows(scalars)
-    write_text_atomic(folder / CSV_NAME, table.getvalue())
+    write_atomic(folder / CSV_NAME, table.getvalue())
     return folder / JSON_NAME
 
 
@@ -273,5 +273,5 @@ def write_comparisons(results_dir: str | Path | None, study: str,
     save_comparisons(comparisons, folder)
     paper_baseline = _paper_baseline(grid_files)
     if paper_baseline is not None:
-        write_json_atomic(folder / AGREEMENT_NAME, agreement(comparisons, paper_baseline))
+        write_json(folder / AGREEMENT_NAME, agreement(comparisons, paper_baseline))
     return comparisons

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from byol_lib.atomic import write_atomic
 from byol_lib.safe_pickle import WeightFileError, dump_portable, load_weights
 
 State = dict[str, np.ndarray]
@@ -217,18 +218,11 @@ def save_weights(state: Mapping[str, np.ndarray], path: str | os.PathLike[str],
     _check_suffix(path, suffixes)
     if not state:
         raise ExportError(f"{path}: refusing to write an empty state dict")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as handle:
-            dump_portable(dict(state), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, lambda handle: dump_portable(dict(state), handle))
     except OSError as err:
         raise ExportError(f"{path}: cannot write ({err.strerror or err})") from err
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -7,6 +7,7 @@ backbone and saves ``classifier.pdparams`` (backbone + head, like PASSL's ``byol
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -16,7 +17,8 @@ from typing import Any
 import numpy as np
 import paddle
 
-from byol_lib import console, distributed, fast, results
+from byol_lib import console, distributed, fast, results, run_folder
+from byol_lib.atomic import write_atomic
 from byol_lib.checkpoint import latest_checkpoint
 from byol_lib.config import Config, ConfigError
 from byol_lib.data.datasets import build_dataset
@@ -194,8 +196,18 @@ def result_line(figures: Mapping[str, Any]) -> str:
 
 
 def run_linear_eval(cfg: Config, pretrained: str | None = None, load: Path | None = None,
-                    evaluate_only: bool = False, verbose: bool = True) -> Path:
-    """Linear evaluation (or evaluation of a saved classifier) for a validated classification config."""
+                    evaluate_only: bool = False, verbose: bool = True, wait: bool = False) -> Path:
+    """Linear evaluation (or evaluation of a saved classifier) for a validated classification config.
+
+    ``wait``: when another process holds a named run's folder, wait for it instead of raising ``RunFolderBusy``.
+    """
+    with contextlib.ExitStack() as stack:
+        return _run_linear_eval(cfg, pretrained, load, evaluate_only, verbose, wait, stack)
+
+
+def _run_linear_eval(cfg: Config, pretrained: str | None, load: Path | None, evaluate_only: bool, verbose: bool,
+                     wait: bool, stack: contextlib.ExitStack) -> Path:
+    """The body of ``run_linear_eval``; the run folder is held until ``stack`` closes."""
     ctx = distributed.init(cfg["device"])
     fast.set_cpu_kernels(cfg["cpu_kernels"])
     pretrained = pretrained or cfg["model"]["backbone"]["pretrained"] or None
@@ -221,20 +233,23 @@ def run_linear_eval(cfg: Config, pretrained: str | None = None, load: Path | Non
     kind = "evaluate" if evaluate_only else KIND
     if cfg["run_id"]:  # a named run: reuse it when it finished with this config, else (re)run into it
         run_dir = Path(cfg["output_dir"]) / cfg["run_id"]
+        if ctx.is_main:
+            stack.enter_context(run_folder.hold(run_dir, wait))
         previous = results.read_summary(run_dir)
         same = bool(previous) and results.same_config(run_dir, cfg)
         if previous.get("status") == "finished" and same:
             if verbose and ctx.is_main:
                 print(f"already finished: {run_dir}", flush=True)
             return run_dir
-        if previous and not same:
+        if previous.get("config_hash") is not None and not same:
             raise ConfigError(f"{run_dir} holds a run of a different config; choose another run_id or output_dir")
         if ctx.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     else:
         run_dir = Path(distributed.broadcast_object(
             str(results.new_run_dir(Path(cfg["output_dir"]), kind, digest)) if ctx.is_main else None, ctx))
+        if ctx.is_main:
+            stack.enter_context(run_folder.hold(run_dir, wait))
     summary: dict[str, Any] = {"run_id": run_dir.name, "kind": kind, "status": "running", "config_hash": digest,
                                "world_size": ctx.world_size, "device": ctx.device,
                                "pretrained": str(load or pretrained),
@@ -244,7 +259,7 @@ def run_linear_eval(cfg: Config, pretrained: str | None = None, load: Path | Non
     start = time.perf_counter()
     if ctx.is_main:
         results.write_config(run_dir, cfg)
-        results.write_json_atomic(run_dir / "summary.json", summary)
+        run_folder.write_summary(run_dir, summary)
     metrics = results.MetricsLog(run_dir / "metrics.jsonl", 0) if ctx.is_main else None
     talk = verbose and ctx.is_main
     progress = EpochProgress("linear", settings.epochs)
@@ -276,14 +291,13 @@ def run_linear_eval(cfg: Config, pretrained: str | None = None, load: Path | Non
                 predictions.update({RANDOM_INIT_PREFIX + key: value for key, value in untrained.items()
                                     if key != "labels"})
             if ctx.is_main:
-                results.write_arrays_atomic(run_dir / PREDICTIONS, predictions)
+                write_atomic(run_dir / PREDICTIONS, lambda handle: np.savez(handle, **predictions))
     except BaseException as err:
         if ctx.is_main:
-            results.write_json_atomic(run_dir / "summary.json",
-                                      {**summary, "status": "failed", "error": f"{type(err).__name__}: {err}"})
+            run_folder.record_end(run_dir, summary, err)
         raise
     if ctx.is_main:
-        results.write_json_atomic(run_dir / "summary.json", {
+        run_folder.write_summary(run_dir, {
             **summary, "status": "finished", "evaluation": "offline linear", **figures,
             "wall_time_s": time.perf_counter() - start})
         if verbose:

@@ -124,8 +124,9 @@ def measure(results_dir: str | Path, epochs: Sequence[int], seeds: Sequence[int]
     more head seeds (``seed + 1000 k``, cached per backbone); write ``<results>/noise-budget/noise_budget.json``:
     per budget the decomposition and the image noise by validation-set size."""
     from byol_lib.ablation import run_ablation
+    from byol_lib.atomic import write_atomic, write_json
     from byol_lib.config import load_config
-    from byol_lib.results import repo_root, write_arrays_atomic, write_json_atomic
+    from byol_lib.results import repo_root
     from byol_lib.variants import load_grid
 
     root, results = repo_root(), Path(results_dir).resolve()
@@ -146,7 +147,8 @@ def measure(results_dir: str | Path, epochs: Sequence[int], seeds: Sequence[int]
             cache = folder / f"e{epoch_count}-s{seed}-h{'-'.join(map(str, extra))}.npz"
             if not cache.is_file():
                 run = results / f"{study}-baseline-pretrain-s{seed}"
-                write_arrays_atomic(cache, {"correct": head_correctness(run, {**linear_cfg, "seed": seed}, extra)})
+                heads = head_correctness(run, {**linear_cfg, "seed": seed}, extra)
+                write_atomic(cache, lambda handle, heads=heads: np.savez(handle, correct=heads))
             with np.load(cache) as saved:
                 standard = _standard_correctness(results / f"{study}-baseline-linear-s{seed}")
                 correct.append(np.vstack([standard, saved["correct"]]))
@@ -165,6 +167,6 @@ def measure(results_dir: str | Path, epochs: Sequence[int], seeds: Sequence[int]
         earlier = [b for b in json.loads(out.read_text())["budgets"] if b["epochs"] not in measured]
     except (OSError, ValueError, KeyError, TypeError):
         earlier = []
-    write_json_atomic(out, {"extra_heads": extra_heads, "budgets": sorted([*earlier, *budgets],
+    write_json(out, {"extra_heads": extra_heads, "budgets": sorted([*earlier, *budgets],
                                                                           key=lambda b: b["epochs"])})
     return out

@@ -2,7 +2,9 @@
 
 ``run_notebook("notebooks/10_pretrain.ipynb", {"epochs": 2})``:
 
-* rejects parameter names that the notebook's ``parameters`` cell does not declare, before anything runs;
+* rejects parameter names that the notebook's ``parameters`` cell does not declare, values that are not plain data
+  (strings, numbers, booleans, None, lists and maps of them) and values of another type than the cell declares
+  (an ``int`` takes an int, a ``float`` an int or float, ...), before a kernel starts;
 * creates the run folder (default ``results/<utc>-notebook-<hash>/``; never inside ``notebooks/``) and hands it to
   the notebook as ``run_dir`` when the notebook declares it (``10_pretrain`` then pretrains into that folder);
 * runs a ``python3`` kernel in the repo root with the quiet environment (no glog lines, no ccache warning, no
@@ -37,7 +39,8 @@ import nbformat
 import papermill
 import yaml
 
-from byol_lib import results, runtime
+from byol_lib import results, run_folder, runtime
+from byol_lib.atomic import write_atomic, write_json
 from byol_lib.registry import NOTEBOOK_RECORD, results_path
 
 KERNEL = "python3"
@@ -50,11 +53,17 @@ REPORT_HTML = results.repo_root() / "reports" / "report.html"
 TEMPLATES = Path(__file__).resolve().parent  # holds report_template/: lab's template without CDN scripts
 KERNEL_ENV = {**runtime.QUIET_ENV, "TQDM_DISABLE": "1"}
 KERNEL_ENV_REMOVED = ("MPLBACKEND",)  # a CLI's "Agg" would silently drop every figure from the notebook
+DECLARED_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
+                                               "list": (list, tuple), "dict": (dict,)}
 HIDDEN_TAGS = {"remove_cell": "remove_cell_tags", "remove_output": "remove_all_outputs_tags",
                "remove_input": "remove_input_tags"}
 
 
-class UnknownParameterError(ValueError):
+class ParameterError(ValueError):
+    """A parameter that cannot be passed to the notebook; the message names it."""
+
+
+class UnknownParameterError(ParameterError):
     """A parameter the notebook's ``parameters`` cell does not declare."""
 
 
@@ -92,8 +101,22 @@ def declared_parameters(notebook: str | Path) -> dict[str, dict[str, str]]:
     return dict(papermill.inspect_notebook(str(resolve_notebook(notebook))))
 
 
+def _not_plain(value: Any) -> str | None:
+    """What in ``value`` is not plain data (strings, numbers, booleans, None, lists and string-keyed maps), if any."""
+    if value is None or isinstance(value, (str, int, float)):
+        return None
+    if isinstance(value, (list, tuple)):
+        return next((found for item in value if (found := _not_plain(item))), None)
+    if isinstance(value, dict):
+        return next((found for key, item in value.items()
+                     if (found := f"a {type(key).__name__} key" if not isinstance(key, str) else _not_plain(item))),
+                    None)
+    return f"a {type(value).__name__}"
+
+
 def check_parameters(notebook: str | Path, parameters: Mapping[str, Any]) -> dict[str, dict[str, str]]:
-    """The declared parameters; ``UnknownParameterError`` for names not among them (papermill only warns)."""
+    """The declared parameters; ``UnknownParameterError`` for names not among them (papermill only warns),
+    ``ParameterError`` for a value that is not plain data or not of the declared type."""
     declared = declared_parameters(notebook)
     unknown = [name for name in parameters if name not in declared]
     if unknown:
@@ -101,6 +124,15 @@ def check_parameters(notebook: str | Path, parameters: Mapping[str, Any]) -> dic
                  else name for name in unknown]
         raise UnknownParameterError(f"{Path(notebook).name} does not declare {', '.join(hints)}; its parameters: "
                                     f"{', '.join(declared) or 'none'}")
+    for name, value in parameters.items():
+        if (found := _not_plain(value)) is not None:
+            raise ParameterError(f"parameter {name}: {found} is not plain data (strings, numbers, booleans, null, "
+                                 "lists and maps only)")
+        wanted = declared[name]["inferred_type_name"]
+        accepted = DECLARED_TYPES.get(wanted)
+        if accepted and (not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted)):
+            raise ParameterError(f"parameter {name} is declared {wanted} in {Path(notebook).name}, got "
+                                 f"{type(value).__name__} {value!r}")
     return declared
 
 
@@ -128,18 +160,20 @@ def record(run_dir: Path, entry: Mapping[str, Any]) -> dict[str, Any]:
 
     A ``kind: notebook`` summary (created when there is none) takes the entry's status, error and wall time. In the
     summary of another run a failed entry fails the run unless that run finished (a plot failing after a finished
-    training run), and its error is kept when the run recorded none.
+    training run), and its error is kept when the run recorded none. The run folder is held meanwhile (waiting for
+    a run the notebook started to let go of it).
     """
-    results.write_json_atomic(run_dir / NOTEBOOK_RECORD, dict(entry))
-    summary = results.read_summary(run_dir) or {"run_id": run_dir.name, "kind": KIND, **results.environment()}
-    summary = {**summary, "notebook": dict(entry)}
-    if summary["kind"] == KIND:  # the notebook is the whole run
-        summary.update(status=entry["status"], error=entry["error"], wall_time_s=entry.get("wall_time_s"))
-    elif entry["status"] == "failed":
-        if summary.get("status") != "finished":
-            summary["status"] = "failed"
-        summary["error"] = summary.get("error") or entry["error"]
-    results.write_json_atomic(run_dir / "summary.json", summary)
+    with run_folder.hold(run_dir, wait=True):
+        write_json(run_dir / NOTEBOOK_RECORD, dict(entry))
+        summary = results.read_summary(run_dir) or {"run_id": run_dir.name, "kind": KIND, **results.environment()}
+        summary = {**summary, "kind": summary.get("kind", KIND), "notebook": dict(entry)}
+        if summary["kind"] == KIND:  # the notebook is the whole run
+            summary.update(status=entry["status"], error=entry["error"], wall_time_s=entry.get("wall_time_s"))
+        elif entry["status"] == "failed":
+            if summary.get("status") != "finished":
+                summary["status"] = "failed"
+            summary["error"] = summary.get("error") or entry["error"]
+        run_folder.write_summary(run_dir, summary)
     return summary
 
 
@@ -176,7 +210,7 @@ def run_notebook(notebook: str | Path, parameters: Mapping[str, Any] | None = No
     output = run_dir / path.name
     entry: dict[str, Any] = {"name": path.stem, "output": output.name, "parameters": parameters, "status": "running",
                              "error": None}
-    results.write_json_atomic(run_dir / NOTEBOOK_RECORD, entry)  # summary.json is the run's until the kernel is done
+    write_json(run_dir / NOTEBOOK_RECORD, entry)  # summary.json is the run's until the kernel is done
     start = time.perf_counter()
     try:
         with kernel_environment():
@@ -217,9 +251,7 @@ def export_html(executed: str | Path, html: str | Path, *, show_code: bool = Fal
     body, _ = exporter.from_notebook_node(node, resources={"metadata": {"name": title}})
     html = Path(html)
     html.parent.mkdir(parents=True, exist_ok=True)
-    tmp = html.with_name(f".{html.name}.tmp")
-    tmp.write_text(body, encoding="utf-8")
-    os.replace(tmp, html)
+    write_atomic(html, body)
     return html
 
 
@@ -232,13 +264,21 @@ def build_report(results_dir: str | Path | None = None, output: str | Path | Non
 
 
 def parse_parameter(text: str, declared: Mapping[str, Mapping[str, str]]) -> tuple[str, Any]:
-    """``name=value``: the raw text for parameters declared ``str``, otherwise a YAML literal (``5``, ``[1, 2]``)."""
+    """``name=value``: the raw text for parameters declared ``str``, otherwise an untagged YAML literal (``5``,
+    ``[1, 2]``); ``ParameterError`` for a tag (``!!binary``, ``!!set``, ``!!python/...``) or text that is not YAML."""
     name, sep, raw = text.partition("=")
     if not sep or not name:
-        raise UnknownParameterError(f"-p {text!r} must look like name=value")
+        raise ParameterError(f"-p {text!r} must look like name=value")
     if declared.get(name, {}).get("inferred_type_name") == "str":
         return name, raw
-    return name, yaml.safe_load(raw)
+    try:
+        tagged = [event.tag for event in yaml.parse(raw, Loader=yaml.SafeLoader) if getattr(event, "tag", None)]
+        if tagged:
+            raise ParameterError(f"-p {name}: YAML tags such as {tagged[0]} are refused; give a plain value, list "
+                                 "or map")
+        return name, yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ParameterError(f"-p {name}: not a YAML value ({str(err).splitlines()[0]})") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -16,9 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
+from byol_lib.atomic import write_atomic
+
+logger = logging.getLogger(__name__)
 _VOLATILE_KEYS = ("run_id", "output_dir", "device", "cpu_kernels", "variant", "grid")  # labels, places, kernels
 
 
@@ -109,49 +112,47 @@ def find_resumable(output_dir: Path, kind: str, digest: str) -> Path | None:
 def new_run_dir(output_dir: Path, kind: str, digest: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     folder = output_dir / f"{stamp}-{kind}-{digest}"
-    suffix = 1
-    while folder.exists():
-        folder = output_dir / f"{stamp}.{suffix}-{kind}-{digest}"
-        suffix += 1
-    folder.mkdir(parents=True)
-    return folder
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temp file beside ``path``, then rename (a reader never sees half a file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, data: dict[str, Any] | list[Any]) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
-def write_arrays_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez`` into a temp file beside ``path``, then rename (a reader never sees half a file)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    suffix = 0
+    while True:  # mkdir, not exists(): two runs started in the same second get two folders
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            suffix += 1
+            folder = output_dir / f"{stamp}.{suffix}-{kind}-{digest}"
 
 
 def write_config(folder: Path, cfg: dict[str, Any]) -> None:
-    (folder / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    write_atomic(folder / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a metrics file; lines that do not parse (a torn last line after a crash) are dropped, with
+    one warning."""
+    rows, torn = [], []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            torn.append(number)
+    if torn:
+        logger.warning("%s: dropped %d unreadable line(s) (line %s; a write cut short)", path, len(torn),
+                       ", ".join(map(str, torn)))
+    return rows
 
 
 class MetricsLog:
-    """Appends one JSON object per logged step to ``metrics.jsonl``; drops rows logged after the resumed checkpoint."""
+    """Appends one JSON object per logged step to ``metrics.jsonl``; drops rows logged after the resumed checkpoint
+    (and unreadable lines)."""
 
     def __init__(self, path: Path, resume_step: int) -> None:
         self.path = path
         if path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if resume_step and line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept))
+            kept = [row for row in _rows(path) if resume_step and row.get("step", 0) <= resume_step]
+            write_atomic(path, "".join(json.dumps(row) + "\n" for row in kept))
 
     def append(self, row: dict[str, Any]) -> None:
         with self.path.open("a") as handle:
@@ -159,11 +160,20 @@ class MetricsLog:
 
 
 def read_summary(folder: Path) -> dict[str, Any]:
-    """A run folder's summary.json, or {} when there is none yet."""
+    """A run folder's summary.json, or {} when there is none yet; one that does not parse (torn by a crash) reads
+    as an interrupted run, with one warning."""
     path = Path(folder) / "summary.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        summary = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        logger.warning("%s is unreadable (%s): taking the run as interrupted", path, err)
+        return {"run_id": Path(folder).name, "status": "interrupted", "error": f"unreadable summary.json ({err})"}
+    return summary if isinstance(summary, dict) else {}
 
 
 def read_metrics(folder: Path) -> list[dict[str, Any]]:
+    """A run folder's metrics rows ([] when it has none); see ``_rows`` for unreadable lines."""
     path = Path(folder) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return _rows(path) if path.exists() else []

@@ -13,6 +13,7 @@ handled here: ``model.update_target: False`` (D1, the target keeps its initial w
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -23,8 +24,8 @@ from typing import Any
 import paddle
 import paddle.nn as nn
 
-from byol_lib import console, distributed, fast, results, runtime
-from byol_lib.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from byol_lib import console, distributed, fast, results, run_folder, runtime
+from byol_lib.checkpoint import latest_checkpoint, load_checkpoint, resume_state, save_checkpoint
 from byol_lib.config import Config, ConfigError, resolve
 from byol_lib.data.augment import device_augment
 from byol_lib.data.datasets import build_dataset
@@ -80,18 +81,25 @@ def _holding_run(checkpoint: Path) -> Path | None:
     return None
 
 
-def _run_folder(cfg: Config, resume: Path | None) -> Path:
-    """The run folder: the one holding ``resume`` when it is ours, else ``output_dir/run_id`` or a run of this
-    config under ``output_dir`` (the newest unfinished one, or a new one)."""
+def _run_folder(cfg: Config, resume: Path | None, wait: bool, stack: contextlib.ExitStack) -> Path:
+    """The run folder, held for the rest of ``stack``: the one holding ``resume`` when it is ours, else
+    ``output_dir/run_id`` or a run of this config under ``output_dir`` (the newest unfinished one, or a new one).
+    Runs choosing a folder take turns, so two identical runs meet at the same folder (and one refuses)."""
     if resume is not None and (holder := _holding_run(resume)) is not None:
-        return holder
+        return stack.enter_context(run_folder.hold(holder, wait))
     output_dir = Path(cfg["output_dir"])
-    if cfg["run_id"]:
-        folder = output_dir / cfg["run_id"]
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
-    digest = results.config_hash(cfg)
-    return results.find_resumable(output_dir, KIND, digest) or results.new_run_dir(output_dir, KIND, digest)
+    with run_folder.choosing(output_dir):
+        if cfg["run_id"]:
+            folder = output_dir / cfg["run_id"]
+        else:
+            digest = results.config_hash(cfg)
+            folder = results.find_resumable(output_dir, KIND, digest) or results.new_run_dir(output_dir, KIND, digest)
+        try:
+            return stack.enter_context(run_folder.hold(folder))
+        except run_folder.RunFolderBusy:
+            if not wait:
+                raise
+    return stack.enter_context(run_folder.hold(folder, wait=True))  # others may choose their folders meanwhile
 
 
 class Progress:
@@ -131,15 +139,19 @@ def step_line(done: int, total: int, elapsed: float, row: dict[str, Any], skippe
     return console.progress_line("step", done, total, elapsed, details, skipped=skipped)
 
 
-def pretrain(cfg: Config, resume: Path | None = None, verbose: bool = True) -> Path:
-    """Run (or resume) BYOL pretraining for a validated config; return the run folder."""
+def pretrain(cfg: Config, resume: Path | None = None, verbose: bool = True, wait: bool = False) -> Path:
+    """Run (or resume) BYOL pretraining for a validated config; return the run folder.
+
+    ``wait``: when another process holds the run folder, wait for it instead of raising ``RunFolderBusy``.
+    """
     ctx = distributed.init(cfg["device"])
     workers = 0 if ctx.on_gpu else cfg["dataloader"]["train"]["num_workers"]
-    with runtime.cores_left_for_workers(workers):
-        return _pretrain(cfg, ctx, resume, verbose)
+    with runtime.cores_left_for_workers(workers), contextlib.ExitStack() as stack:
+        return _pretrain(cfg, ctx, resume, verbose, wait, stack)
 
 
-def _pretrain(cfg: Config, ctx: distributed.Context, resume: Path | None, verbose: bool) -> Path:
+def _pretrain(cfg: Config, ctx: distributed.Context, resume: Path | None, verbose: bool, wait: bool,
+              stack: contextlib.ExitStack) -> Path:
     """The body of ``pretrain`` on an initialised device context."""
     fast.set_cpu_kernels(cfg["cpu_kernels"])
     images = build_dataset(cfg["dataloader"]["train"]["dataset"], "train")
@@ -154,16 +166,17 @@ def _pretrain(cfg: Config, ctx: distributed.Context, resume: Path | None, verbos
     optimizer = build_optimizer(model, cfg)
     resumed = load_checkpoint(resume, model, optimizer) if resume else None  # a bad file: no folder is made
 
-    run_dir = Path(distributed.broadcast_object(str(_run_folder(cfg, resume)) if ctx.is_main else None, ctx))
-    if results.read_summary(run_dir) and not results.same_config(run_dir, cfg):
+    run_dir = Path(distributed.broadcast_object(str(_run_folder(cfg, resume, wait, stack)) if ctx.is_main else None,
+                                                ctx))
+    previous = results.read_summary(run_dir)
+    if previous.get("config_hash") is not None and not results.same_config(run_dir, cfg):
         raise ConfigError(f"{run_dir} holds a run of a different config; choose another run_id or output_dir")
     ckpt_dir = run_dir / "checkpoints"
     state = resumed
     if state is None:
-        latest = latest_checkpoint(ckpt_dir)
-        state = load_checkpoint(latest, model, optimizer) if latest else {"step": 0, "extra": {}}
+        state = resume_state(ckpt_dir, model, optimizer) or {"step": 0, "extra": {}}
     start_step, elapsed_before = state["step"], state["extra"].get("wall_time_s", 0.0)
-    if start_step >= derived["total_steps"] and (run_dir / "summary.json").is_file():
+    if start_step >= derived["total_steps"] and previous.get("status") == "finished":
         if verbose and ctx.is_main:
             print(f"already finished: {run_dir}", flush=True)
         return run_dir
@@ -176,7 +189,7 @@ def _pretrain(cfg: Config, ctx: distributed.Context, resume: Path | None, verbos
     metrics = None
     if ctx.is_main:
         results.write_config(run_dir, cfg)
-        results.write_json_atomic(run_dir / "summary.json", summary)
+        run_folder.write_summary(run_dir, summary)
         metrics = results.MetricsLog(run_dir / "metrics.jsonl", start_step)
         if verbose:
             print(f"run {run_dir}" + (f", resumed at step {start_step}" if start_step else ""), flush=True)
@@ -262,9 +275,7 @@ def _pretrain(cfg: Config, ctx: distributed.Context, resume: Path | None, verbos
                                     keep=cfg["checkpoint"]["keep"])
     except BaseException as err:
         if ctx.is_main:
-            results.write_json_atomic(run_dir / "summary.json",
-                                      {**summary, "status": "failed", "failed_at_step": step,
-                                       "error": f"{type(err).__name__}: {err}"})
+            run_folder.record_end(run_dir, summary, err, stopped_at_step=step)
         raise
     finally:
         progress.close()
@@ -275,13 +286,14 @@ def _pretrain(cfg: Config, ctx: distributed.Context, resume: Path | None, verbos
         rows = results.read_metrics(run_dir)
         final = rows[-1] if rows else {}
         steps_run = derived["total_steps"] - start_step
-        results.write_json_atomic(run_dir / "summary.json", {
+        run_folder.write_summary(run_dir, {
             **summary, "status": "finished", "evaluation": "online probe", "total_steps": derived["total_steps"],
             "epochs": cfg["epochs"], "global_batch": derived["global_batch"],
             "dataset": cfg["dataloader"]["train"]["dataset"]["name"],
             "backbone": f"resnet{cfg['model']['backbone']['depth']}", "wall_time_s": wall,
             "images_per_s": derived["global_batch"] * steps_run / max(time.perf_counter() - run_start, 1e-9),
             "replicas_identical": identical, "final": final,
+            "skipped_files": {"count": len(loader.skipped_files()), "files": loader.skipped_files()},
         })
         if verbose:
             print(f"finished: {run_dir}", flush=True)

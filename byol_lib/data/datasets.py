@@ -12,8 +12,9 @@ raises ``DatasetError`` naming it (policy "strict"). A file that passes but fail
 loaded (e.g. truncated) raises in strict mode; in skip mode it is recorded, reported once and
 replaced by the next decodable image *of the same class* (cyclically), so labels stay right and
 the substitute is deterministic. Files found at load time are recorded in the process that loads
-them (a data-loader worker's list is not the parent's). Files without an image extension are not
-part of the dataset and are ignored, as in torchvision's ``ImageFolder``.
+them (a data-loader worker's list is not the parent's; the pretraining loader reports them back, see
+``data.loader``). Files without an image extension are not part of the dataset and are ignored, as in
+torchvision's ``ImageFolder``.
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ class ImageDataset(ABC):
     @abstractmethod
     def image(self, index: int) -> np.ndarray:
         """Image ``index`` as uint8 RGB, shape (H, W, 3)."""
+
+    def undecodable(self) -> frozenset[int]:
+        """Indices this process found undecodable so far (none for datasets held in memory)."""
+        return frozenset()
 
 
 def subset_indices(total: int, num_images: int, seed: int) -> np.ndarray:
@@ -219,6 +224,9 @@ class ImageFolderDataset(ImageDataset):
             self._failed.add(index)
             self.bad_files.append(path)
             return None
+
+    def undecodable(self) -> frozenset[int]:
+        return frozenset(self._failed)
 
     def image(self, index: int) -> np.ndarray:
         """Decoded image; in skip mode an undecodable one is replaced by the next of its class."""

@@ -6,6 +6,12 @@ dataset per epoch (JAX's repeated, reshuffled dataset). Global step ``s`` takes 
 sample's two views comes from a generator seeded by ``(seed, step, image index, view)``, so a batch
 depends on neither the number of loader workers nor the world size, and a resumed run sees
 exactly the batches an uninterrupted run would have seen.
+
+An image that cannot be loaded never raises inside the loader (a worker's error reached the trainer as
+``SystemError: Blocking queue is killed``, and with ``num_workers: 0`` Paddle's reader thread died and the trainer
+waited forever): the sample carries the indices that went wrong, with a blank placeholder when the image itself
+could not be had, and ``CheckedBatches`` loads those indices again in the main process, which raises the dataset's
+one-line ``DatasetError`` (strict mode) or records the skipped file in the main process's ``bad_files`` (skip mode).
 """
 
 from __future__ import annotations
@@ -17,7 +23,10 @@ import numpy as np
 from paddle.io import DataLoader, Dataset
 
 from byol_lib.data.augment import ViewSampler
-from byol_lib.data.datasets import ImageDataset
+from byol_lib.data.datasets import DatasetError, ImageDataset
+
+MAX_TROUBLE = 8  # indices a sample can report (skip mode: more undecodable files met in one sample go unlisted)
+_PLACEHOLDER = np.zeros((8, 8, 3), dtype=np.uint8)
 
 
 def epoch_permutation(num_images: int, seed: int, epoch: int) -> np.ndarray:
@@ -62,7 +71,8 @@ def view_rng(seed: int, step: int, index: int, view: int) -> np.random.Generator
 
 
 class TwoViewDataset(Dataset):
-    """Maps ``(step, index)`` to ``(view1, params1, view2, params2, label)`` (device ops still to apply)."""
+    """Maps ``(step, index)`` to ``(view1, params1, view2, params2, label, trouble)`` (device ops still to apply);
+    ``trouble`` holds the indices whose loading went wrong (``-1`` padded), see the module docstring."""
 
     def __init__(self, images: ImageDataset, augmentation: Mapping[str, Any], seed: int) -> None:
         super().__init__()
@@ -71,21 +81,50 @@ class TwoViewDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray, ...]:
         step, index = key
-        image = self.images.image(index)
+        before = self.images.undecodable()
+        try:
+            image, trouble = self.images.image(index), sorted(self.images.undecodable() - before)
+        except DatasetError:
+            image, trouble = _PLACEHOLDER, [index]
         view1, params1 = self.view1(image, view_rng(self.seed, step, index, 1))
         view2, params2 = self.view2(image, view_rng(self.seed, step, index, 2))
-        return view1, params1, view2, params2, np.asarray(self.images.label(index), dtype="int64")
+        marks = np.full(MAX_TROUBLE, -1, dtype="int64")
+        marks[:len(trouble[:MAX_TROUBLE])] = trouble[:MAX_TROUBLE]
+        return view1, params1, view2, params2, np.asarray(self.images.label(index), dtype="int64"), marks
 
     def __len__(self) -> int:
         return len(self.images)
 
 
+class CheckedBatches:
+    """A two-view loader's batches as ``(view1, params1, view2, params2, labels)``; a sample's trouble is handled
+    here, in the main process (see the module docstring)."""
+
+    def __init__(self, loader: DataLoader, images: ImageDataset) -> None:
+        self.loader, self.images = loader, images
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        for *batch, trouble in self.loader:
+            for index in np.unique(trouble.numpy()):
+                if index >= 0:
+                    self.images.image(int(index))  # strict: raises naming the file; skip: records it here
+            yield tuple(batch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def skipped_files(self) -> list[str]:
+        """The files skipped so far: found bad up front or, in skip mode, undecodable by any loader process."""
+        return sorted(set(self.images.bad_files))
+
+
 def pretrain_loader(images: ImageDataset, cfg: Mapping[str, Any], rank: int, world_size: int,
-                    start_step: int) -> DataLoader:
+                    start_step: int) -> CheckedBatches:
     """The training loader for steps ``[start_step, total_steps)`` of a resolved config."""
     derived = cfg["derived"]
     sampler = StepBatchSampler(len(images), derived["global_batch"], cfg["seed"], rank, world_size,
                                start_step, derived["total_steps"])
     dataset = TwoViewDataset(images, cfg["augmentation"], cfg["seed"])
     workers = cfg["dataloader"]["train"]["num_workers"]
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, use_shared_memory=workers > 0)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, use_shared_memory=workers > 0)
+    return CheckedBatches(loader, images)

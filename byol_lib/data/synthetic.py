@@ -41,11 +41,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from byol_lib.atomic import write_atomic
 
 GENERATOR_VERSION = 4
 SHAPE_NAMES: tuple[str, ...] = (
@@ -210,15 +211,7 @@ def load_or_generate(split: str, seed: int, count: int, size: int = 32) -> tuple
     images, labels = generate(split, seed, count, size)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, images=images, labels=labels)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_atomic(path, lambda handle: np.savez(handle, images=images, labels=labels))
     except OSError as err:
         logger.warning("could not cache the synthetic dataset at %s: %s", path, err)
     return images, labels
