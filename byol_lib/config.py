@@ -53,7 +53,7 @@ def _dataset_defaults(dataroot: str, num_workers: int, batch_size: int, drop_las
 _RUN_DEFAULTS: Config = {"seed": 0, "device": "auto", "cpu_kernels": "auto", "output_dir": "results", "run_id": "",
                          "global_batch_size": None}
 _BACKBONE_DEFAULTS: Config = {"name": "ResNet", "depth": 50, "stem": "imagenet", "width": 64, "with_pool": True,
-                              "num_classes": 0, "zero_init_residual": False}
+                              "num_classes": 0, "zero_init_residual": False, "padding": "same"}
 _MLP_DEFAULTS: Config = {"name": "NonLinearNeckV2", "in_channels": None, "hid_channels": 4096, "out_channels": 256,
                          "with_avg_pool": False, "last_bias": False}
 
@@ -176,7 +176,8 @@ _HOOKS_CHECK: _Check = (
     "may only list PASSL's BYOLHook / EvaluateHook (the EMA update and the evaluation always run here)")
 
 _MODEL_CHOICES = {"model.backbone.name": ("ResNet",), "model.backbone.depth": (18, 34, 50),
-                  "model.backbone.stem": ("imagenet", "cifar"), "model.backbone.with_pool": (True,),
+                  "model.backbone.stem": ("imagenet", "cifar"), "model.backbone.padding": ("same", "symmetric"),
+                  "model.backbone.with_pool": (True,),
                   "model.backbone.num_classes": (0,), "device": ("auto", "cpu", "gpu"),
                   "cpu_kernels": ("auto", "blas", "paddle")}
 
@@ -488,6 +489,17 @@ def backbone_channels(cfg: Config) -> int:
     backbone = cfg["model"]["backbone"]
     expansion = 4 if backbone["depth"] == 50 else 1
     return backbone["width"] * 8 * expansion
+
+
+BACKBONE_KEYS = ("depth", "stem", "width", "padding")
+
+
+def backbone_overrides(backbone: Mapping[str, Any]) -> list[str]:
+    """``-o`` overrides that give a linear-evaluation config a pretrained backbone's architecture.
+
+    A run recorded before ``model.backbone.padding`` existed was padded symmetrically."""
+    values = {"padding": "symmetric", **backbone} if backbone else {}
+    return [f"model.backbone.{key}={values[key]}" for key in BACKBONE_KEYS if key in values]
 
 
 def passl_loader_length(num_images: int, world_size: int, per_device: int, drop_last: bool) -> int:
