@@ -11,6 +11,7 @@ import byol_lib  # noqa: F401  (sets up paddle before it is imported)
 import numpy as np
 import paddle
 import pytest
+from PIL import Image
 
 from byol_lib.data import augment as A
 
@@ -144,6 +145,21 @@ def test_bicubic_square_output_and_crop_offset() -> None:
     img = random_image(20, 24, seed=4)
     ref = np.clip(loop_resize(img[3:13, 5:20].astype(np.float64), 8, 8) / 255.0, 0.0, 1.0)
     np.testing.assert_allclose(A.crop_and_resize(img, (3, 5, 10, 15), 8), chw(ref), atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_passl_retry_resizes_the_sampled_crop_with_pillows_antialiased_bicubic(seed: int) -> None:
+    """D12: the view is Pillow's bicubic of the same crop (downscaled 60x80 -> 16: antialiased), rounded to uint8."""
+    img = random_image(60, 80, seed=seed)
+    aug = make_aug(16, NO_OPS, crop={"method": "passl_retry"})
+    rng = np.random.default_rng(seed)
+    x, _ = A.ViewSampler(aug, "view1")(img, rng)
+    replay = np.random.default_rng(seed)  # the sampler draws its crop from a generator seeded by its first draw
+    top, left, h, w = A.sample_crop(60, 80, aug["crop"], np.random.default_rng(replay.integers(np.iinfo(np.int64).max)))
+    want = Image.fromarray(img).crop((left, top, left + w, top + h)).resize((16, 16), Image.Resampling.BICUBIC)
+    np.testing.assert_allclose(x, chw(np.asarray(want)) / 255.0, atol=1e-6)
+    tf_bicubic = A.crop_and_resize(img, (top, left, h, w), 16)  # the default path: no antialias
+    assert np.abs(tf_bicubic - x).max() > 0.05
 
 
 # ----------------------------------------------------------------------------- colour

@@ -1,4 +1,4 @@
-"""The paper's two-view augmentation pipeline (reference §4, JAX semantics) and PASSL's deviations.
+"""The paper's two-view augmentation pipeline (JAX semantics, docs/sources.md) and PASSL's deviations.
 
 Each view is split in two parts:
 
@@ -9,8 +9,8 @@ Each view is split in two parts:
   solarisation, final clip and mean/std normalisation.
 
 Coins follow JAX: an op with probability ``p`` is applied iff ``u <= p`` with ``u ~ U(0, 1)``.
-PASSL deviations (reference §8) are opt-in switches: ``crop.method = "passl_retry"`` (D12, sampler
-only; the resize stays TF bicubic), ``contrast_mean = "passl_per_row"`` (D3) and
+PASSL deviations (docs/sources.md) are opt-in switches: ``crop.method = "passl_retry"`` (D12: the retry-loop
+sampler and Pillow's bicubic resize, antialiased when downscaling), ``contrast_mean = "passl_per_row"`` (D3) and
 ``blur.method = "passl_per_tap"`` (D2).
 
 Device parameter vector of one image (float32, length ``device_params_length(aug)``):
@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import paddle
 import paddle.nn.functional as F
+from PIL import Image
 
 AUGMENT_DEFAULTS: dict[str, Any] = {
     "image_size": 224,
@@ -179,10 +180,17 @@ def _resize_to_chw(image: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.
     return np.clip(out, 0.0, 1.0, out=out)
 
 
-def crop_and_resize(image: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
-    """Crop ``box = (top, left, h, w)`` of a uint8 HxWx3 image, bicubic-resize to ``size``, /255, clip."""
+def crop_and_resize(image: np.ndarray, box: tuple[int, int, int, int], size: int, method: str = "jax") -> np.ndarray:
+    """Crop ``box = (top, left, h, w)`` of a uint8 HxWx3 image, bicubic-resize to ``size``, /255, clip.
+
+    ``method`` is the crop method: ``"jax"`` resizes with TF's bicubic (no antialias); ``"passl_retry"`` (D12) as
+    PASSL's ``RandomResizedCrop`` on PIL images, with Pillow's bicubic, which widens its filter when downscaling
+    (antialias) and rounds to uint8 before PASSL's /255."""
     top, left, h, w = box
     patch = image[top:top + h, left:left + w]
+    if method == "passl_retry":
+        resized = Image.fromarray(np.ascontiguousarray(patch, dtype=np.uint8)).resize((size, size), Image.BICUBIC)
+        return np.ascontiguousarray(np.asarray(resized, dtype=np.float32).transpose(2, 0, 1)) * np.float32(1 / 255)
     return _resize_to_chw(patch, resize_matrix(h, size), resize_matrix(w, size))
 
 
@@ -319,7 +327,7 @@ class ViewSampler:
         order = rng.permutation(4)
         sigmas = rng.uniform(self.sigma[0], self.sigma[1], size=self.num_sigmas)
         flip, jitter, gray, blur, solarize = coins
-        x = crop_and_resize(image, box, self.size)
+        x = crop_and_resize(image, box, self.size, self.crop["method"])
         if flip:
             x = x[:, :, ::-1]
         if jitter:
@@ -416,7 +424,7 @@ def linear_train_transform(image: np.ndarray, aug: Mapping[str, Any], rng: np.ra
     """Linear-eval training view (paper App. C.1): random resized crop (same sampler) + flip (p 0.5)."""
     image = _check_image(image)
     box = sample_crop(image.shape[0], image.shape[1], aug["crop"], rng)
-    x = crop_and_resize(image, box, int(aug["image_size"]))
+    x = crop_and_resize(image, box, int(aug["image_size"]), aug["crop"]["method"])
     if rng.random() <= LINEAR_FLIP_PROB:
         x = x[:, :, ::-1]
     return np.ascontiguousarray(x)
