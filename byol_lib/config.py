@@ -513,21 +513,26 @@ def resolve(cfg: Config, world_size: int, num_images: int, num_classes: int) -> 
 
     ``total_steps`` is the length of the training loop; the lr follows a schedule of ``lr_steps`` and tau one of
     ``tau_steps``. All three are ``epochs x images // global batch`` except with ``loop_length: passl_epochs``
-    (D10): then the loop runs ``epochs x len(PASSL's per-rank loader)`` steps, the lr follows ``T_max`` (default:
-    the formula) and tau the formula, as in PASSL, and both schedules are periodic past their end.
+    (D10), which is PASSL's arithmetic at any world size: each process takes ``sampler.batch_size`` images a step
+    (``global_batch_size`` does not change it), the loop runs ``epochs x len(PASSL's per-rank loader)`` steps, the
+    lr follows ``T_max`` and tau ``epochs x images // global_batch_size`` (the schedule batch: the configured
+    ``global_batch_size``, else the real one; the default peak lr and warm-up use it too), as in PASSL, and both
+    schedules are periodic past their end.
     """
     cfg = copy.deepcopy(cfg)
     sampler = cfg["dataloader"]["train"]["sampler"]
-    if cfg["global_batch_size"] is not None:
-        global_batch = cfg["global_batch_size"]
-        if global_batch % world_size:
-            raise ConfigError(
-                f"key 'global_batch_size' = {global_batch} is not divisible by the {world_size} processes"
-            )
-        per_device = global_batch // world_size
+    configured = cfg["global_batch_size"]
+    if cfg["loop_length"] == "passl_epochs":  # D10: PASSL's per-process batch is the sampler's
+        per_device = sampler["batch_size"]
+        global_batch = per_device * world_size
+    elif configured is not None:
+        if configured % world_size:
+            raise ConfigError(f"key 'global_batch_size' = {configured} is not divisible by the {world_size} processes")
+        per_device, global_batch = configured // world_size, configured
     else:
         per_device = sampler["batch_size"]
         global_batch = per_device * world_size
+    schedule_batch = configured or global_batch
     total_images = cfg["total_images"] or num_images
     if total_images < global_batch:
         raise ConfigError(
@@ -535,11 +540,11 @@ def resolve(cfg: Config, world_size: int, num_images: int, num_classes: int) -> 
             "lower dataloader.train.sampler.batch_size"
         )
     steps_per_epoch = total_images / global_batch
-    total_steps = cfg["epochs"] * total_images // global_batch
+    total_steps = cfg["epochs"] * total_images // schedule_batch
     sched = cfg["lr_scheduler"]
     peak_lr = sched["learning_rate"]
     if peak_lr is None:
-        peak_lr = sched["base_lr"] * global_batch / 256
+        peak_lr = sched["base_lr"] * schedule_batch / 256
     if sched["end_lr"] is not None and not math.isclose(sched["end_lr"], peak_lr, rel_tol=1e-9):
         raise ConfigError(
             f"key 'lr_scheduler.end_lr' = {sched['end_lr']} differs from the peak learning rate {peak_lr}; "
@@ -547,7 +552,7 @@ def resolve(cfg: Config, world_size: int, num_images: int, num_classes: int) -> 
         )
     warmup = sched["warmup_steps"]
     if warmup is None:
-        warmup = int(sched["warmup_epochs"] * total_images // global_batch)
+        warmup = int(sched["warmup_epochs"] * total_images // schedule_batch)
     lr_steps, loop_steps = total_steps, total_steps
     if cfg["loop_length"] == "passl_epochs":  # D10: PASSL's loop length, the schedules' own horizon
         steps_per_epoch = passl_loader_length(total_images, world_size, per_device, sampler["drop_last"])
@@ -556,7 +561,7 @@ def resolve(cfg: Config, world_size: int, num_images: int, num_classes: int) -> 
     elif sched["T_max"] is not None and sched["T_max"] != total_steps:
         raise ConfigError(
             f"key 'lr_scheduler.T_max' = {sched['T_max']} disagrees with the run's {total_steps} steps "
-            f"(epochs x images // global batch = {cfg['epochs']} x {total_images} // {global_batch}); "
+            f"(epochs x images // global batch = {cfg['epochs']} x {total_images} // {schedule_batch}); "
             "the schedule always follows the real number of steps here: drop T_max (or set "
             "loop_length: passl_epochs for PASSL's mismatch, D10)"
         )
@@ -580,6 +585,7 @@ def resolve(cfg: Config, world_size: int, num_images: int, num_classes: int) -> 
         "world_size": world_size,
         "per_device_batch": per_device,
         "global_batch": global_batch,
+        "schedule_batch": schedule_batch,
         "num_images": total_images,
         "num_classes": num_classes,
         "steps_per_epoch": steps_per_epoch,

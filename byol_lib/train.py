@@ -158,7 +158,7 @@ def _pretrain(cfg: Config, ctx: distributed.Context, resume: Path | None, verbos
         if verbose:
             print(f"run {run_dir}  |  {ctx.world_size} process(es) on {ctx.device}  |  global batch "
                   f"{derived['global_batch']} ({derived['per_device_batch']}/process)  |  lr {derived['peak_lr']:.4g} "
-                  f"(= {cfg['lr_scheduler']['base_lr']} x {derived['global_batch']}/256 unless set)  |  "
+                  f"(= {cfg['lr_scheduler']['base_lr']} x {derived['schedule_batch']}/256 unless set)  |  "
                   f"{derived['total_steps']} steps, warm-up {derived['warmup_steps']}"
                   + (f"  |  resumed at step {start_step}" if start_step else ""), flush=True)
 
