@@ -110,7 +110,7 @@ PRETRAIN_DEFAULTS: Config = {
 }
 
 LINEAR_DEFAULTS: Config = {
-    "epochs": 80,
+    "epochs": None,  # the protocol's (LINEAR_PROTOCOLS)
     **_RUN_DEFAULTS,
     "model": {
         "name": "ByolClassification",
@@ -121,7 +121,7 @@ LINEAR_DEFAULTS: Config = {
         "train": _dataset_defaults("data/ILSVRC2012/train", 2, 128, False),
         "val": _dataset_defaults("data/ILSVRC2012/val", 2, 128, False),
     },
-    "augmentation": AUGMENT_DEFAULTS,
+    "augmentation": {**AUGMENT_DEFAULTS, "eval_resize": None},  # the protocol's
     "lr_scheduler": {
         "name": "CosineWarmup",
         "lr_grid": [0.4, 0.3, 0.2, 0.1, 0.05],
@@ -141,13 +141,21 @@ LINEAR_DEFAULTS: Config = {
         "holdout": 10009,
         "extend_grid": 4,  # a held-out choice at the grid's edge adds lr x2 (or /2) beyond it, up to 4 times
         "standardize": False,  # heads on standardised features (folded into the saved head); the paper: raw
-        "head_init": "jax",
+        "head_init": None,  # the protocol's
         "knn_k": [20, 200],
         "knn_temperature": 0.07,
         "random_init_baseline": False,
     },
     "log_config": {"name": "LogHook", "interval": 10},
     "custom_config": [],
+}
+
+# What each linear-evaluation protocol (``linear_eval.protocol``) sets where the config leaves the key empty (None);
+# the protocol itself also decides the lr selection and the testing (byol_lib.evaluate). Paper App. C.1 and the JAX
+# eval code; PASSL's configs/byol/byol_clas_r50.yaml (D18 in docs/sources.md).
+LINEAR_PROTOCOLS: dict[str, dict[str, Any]] = {
+    "paper": {"epochs": 80, "linear_eval.head_init": "jax", "augmentation.eval_resize": "jax"},
+    "passl": {"epochs": 100, "linear_eval.head_init": "passl", "augmentation.eval_resize": "passl"},
 }
 
 _Check = tuple[str, Callable[[Any], bool], str]
@@ -230,7 +238,8 @@ PRETRAIN = Schema(
 LINEAR = Schema(
     kind="linear",
     defaults=LINEAR_DEFAULTS,
-    none_types={"global_batch_size": int, "model.head.in_channels": int, "model.head.num_classes": int,
+    none_types={"global_batch_size": int, "epochs": int, "linear_eval.head_init": str,
+                "augmentation.eval_resize": str, "model.head.in_channels": int, "model.head.num_classes": int,
                 "lr_scheduler.learning_rate": float, "lr_scheduler.end_lr": float, "lr_scheduler.total_image": int,
                 "lr_scheduler.total_batch": int, "lr_scheduler.total_steps": int},
     choices={**_MODEL_CHOICES, **_dataset_rules("train")[0], **_dataset_rules("val")[0],
@@ -449,6 +458,10 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = (), schema: 
         if key.rsplit(".", 1)[-1] in _PASSL_LISTS:
             raise ConfigError(f"override '-o {text}': set augmentation.* keys instead of PASSL transform lists")
         _merge(cfg, _nest(key, value), schema.defaults, f"override '-o {text}'")
+    if schema is LINEAR and cfg["linear_eval"]["protocol"] in LINEAR_PROTOCOLS:
+        for key, value in LINEAR_PROTOCOLS[cfg["linear_eval"]["protocol"]].items():
+            if get(cfg, key) is None:
+                _set(cfg, key, value)
     validate(cfg, schema, source + (" with overrides" if overrides else ""))
     return cfg
 

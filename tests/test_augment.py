@@ -510,6 +510,16 @@ def test_eval_transform_small_matches_resize_then_centre_crop(shape: tuple[int, 
     np.testing.assert_allclose(out, chw(full[top:top + 16, left:left + 16]), atol=1e-5)
 
 
+def test_passl_eval_resize_is_pillow_bilinear_then_paddle_vision_centre_crop() -> None:
+    """PASSL's Resize(256) + CenterCrop(224), scaled to S = 16: shorter side 18, longer int(18 * 60 / 40) = 27."""
+    img = random_image(40, 60, seed=5)
+    resized = np.asarray(Image.fromarray(img).resize((27, 18), Image.Resampling.BILINEAR))
+    want = resized[1:17, 6:22]  # offsets round((18 - 16) / 2) = 1 and round((27 - 16) / 2) = round(5.5) = 6
+    got = A.eval_transform(img, make_aug(16, eval_resize="passl"))
+    np.testing.assert_allclose(got, chw(want) / 255.0, atol=1e-6)
+    assert np.abs(A.eval_transform(img, make_aug(16)) - got).max() > 0.05  # the paper's bicubic differs
+
+
 def test_linear_train_transform_is_crop_and_flip_only() -> None:
     img = random_image(12, 12, 15)
     aug = make_aug(12, crop={"area": [1.0, 1.0], "ratio": [1.0, 1.0]})

@@ -44,11 +44,13 @@ AUGMENT_DEFAULTS: dict[str, Any] = {
     },
     "mean": [0.485, 0.456, 0.406],
     "std": [0.229, 0.224, 0.225],
+    "eval_resize": "jax",
 }
 
 CROP_METHODS = ("jax", "passl_retry")
 BLUR_METHODS = ("gaussian", "passl_per_tap")
 CONTRAST_MEANS = ("per_channel", "passl_per_row")
+EVAL_RESIZES = ("jax", "passl")
 LUMA = (0.2989, 0.5870, 0.1140)
 PASSL_CROP_ATTEMPTS = 10
 EVAL_RESIZE_RATIO = 256.0 / 224.0
@@ -89,6 +91,7 @@ def validate_augment(aug: dict[str, Any]) -> None:
         ("crop.method", aug["crop"]["method"], CROP_METHODS),
         ("blur.method", aug["blur"]["method"], BLUR_METHODS),
         ("contrast_mean", aug["contrast_mean"], CONTRAST_MEANS),
+        ("eval_resize", aug["eval_resize"], EVAL_RESIZES),
     ):
         if value not in allowed:
             raise ValueError(f"key 'augmentation.{key}' = {value!r} is not one of {list(allowed)}")
@@ -403,21 +406,36 @@ def device_augment(x: paddle.Tensor, params: paddle.Tensor, aug: Mapping[str, An
 
 
 def eval_transform(image: np.ndarray, aug: Mapping[str, Any]) -> np.ndarray:
-    """Shorter side bicubic-resized to ``round(S * 256 / 224)``, centre crop ``S``; float32 [3,S,S] in [0,1].
+    """Shorter side resized to ``round(S * 256 / 224)``, centre crop ``S``; float32 [3,S,S] in [0,1].
 
-    The crop offset is ``(resized - S + 1) // 2`` per axis (JAX's rounding); only the kept rows and
-    columns of the resized image are computed.
+    ``eval_resize: jax`` (paper: bicubic): TF's bicubic, crop offset ``(resized - S + 1) // 2`` per axis (JAX's
+    rounding); only the kept rows and columns of the resized image are computed. ``passl``: ``_passl_eval``.
     """
     image = _check_image(image)
     size = int(aug["image_size"])
     height, width = image.shape[:2]
     short = round(size * EVAL_RESIZE_RATIO)
+    if aug["eval_resize"] == "passl":
+        return _passl_eval(image, short, size)
     scale = short / min(height, width)
     new_h, new_w = (short, round(width * scale)) if height <= width else (round(height * scale), short)
     top, left = (new_h - size + 1) // 2, (new_w - size + 1) // 2
     rows = resize_matrix(height, new_h)[top:top + size]
     cols = resize_matrix(width, new_w)[left:left + size]
     return _resize_to_chw(image, rows, cols)
+
+
+def _passl_eval(image: np.ndarray, short: int, size: int) -> np.ndarray:
+    """PASSL's linear-eval val transform (``Resize(256)``, ``CenterCrop(224)`` of paddle.vision on a PIL image):
+    Pillow's bilinear (the transform's default interpolation; antialiased when downscaling) of the shorter side to
+    ``short``, the longer to ``int(short * long / short_side)``, uint8; crop offset ``round((resized - S) / 2)``."""
+    height, width = image.shape[:2]
+    new_h, new_w = (short, int(short * width / height)) if height <= width else (int(short * height / width), short)
+    resized = np.asarray(Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).resize((new_w, new_h),
+                                                                                             Image.BILINEAR))
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    patch = resized[top:top + size, left:left + size].transpose(2, 0, 1).astype(np.float32)
+    return np.ascontiguousarray(patch) * np.float32(1 / 255)
 
 
 def linear_train_transform(image: np.ndarray, aug: Mapping[str, Any], rng: np.random.Generator) -> np.ndarray:
