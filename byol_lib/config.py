@@ -33,6 +33,7 @@ class ConfigError(ValueError):
 def _dataset_defaults(dataroot: str, num_workers: int, batch_size: int, drop_last: bool) -> Config:
     return {
         "num_workers": num_workers,
+        "loader": {"num_workers": None, "use_shared_memory": None},  # PASSL's layout; see _passl_loader
         "sampler": {"batch_size": batch_size, "shuffle": True, "drop_last": drop_last},
         "dataset": {
             "name": "ImageNet",
@@ -115,7 +116,7 @@ LINEAR_DEFAULTS: Config = {
     "model": {
         "name": "ByolClassification",
         "backbone": {**_BACKBONE_DEFAULTS, "frozen_stages": 4, "pretrained": ""},
-        "head": {"name": "ClasHead", "in_channels": None, "num_classes": None},
+        "head": {"name": "ClasHead", "with_avg_pool": False, "in_channels": None, "num_classes": None},
     },
     "dataloader": {
         "train": _dataset_defaults("data/ILSVRC2012/train", 2, 128, False),
@@ -174,7 +175,7 @@ def _dataset_rules(split: str) -> tuple[dict[str, tuple[Any, ...]], tuple[_Check
     base = f"dataloader.{split}"
     choices = {f"{base}.dataset.name": ("ImageNet", "Synthetic", "CIFAR10", "CIFAR100"),
                f"{base}.dataset.bad_files": ("skip", "strict")}
-    checks = (*_non_negative(f"{base}.num_workers", f"{base}.dataset.num_images"),
+    checks = (*_non_negative(f"{base}.num_workers", f"{base}.loader.num_workers", f"{base}.dataset.num_images"),
               *_positive(f"{base}.sampler.batch_size"))
     return choices, checks
 
@@ -202,10 +203,16 @@ class Schema:
     splits: tuple[str, ...] = ("train",)
 
 
+def _loader_types(*splits: str) -> dict[str, type]:
+    """Types of PASSL's ``dataloader.<split>.loader`` keys (empty by default)."""
+    return {f"dataloader.{split}.loader.{key}": kind for split in splits
+            for key, kind in (("num_workers", int), ("use_shared_memory", bool))}
+
+
 PRETRAIN = Schema(
     kind="pretrain",
     defaults=PRETRAIN_DEFAULTS,
-    none_types={"global_batch_size": int, "total_images": int, "model.neck.in_channels": int,
+    none_types={**_loader_types("train"), "global_batch_size": int, "total_images": int, "model.neck.in_channels": int,
                 "model.predictor.in_channels": int, "model.num_classes": int, "model.embedding_dim": int,
                 "lr_scheduler.learning_rate": float,
                 "lr_scheduler.end_lr": float, "lr_scheduler.warmup_steps": int, "lr_scheduler.T_max": int},
@@ -238,13 +245,14 @@ PRETRAIN = Schema(
 LINEAR = Schema(
     kind="linear",
     defaults=LINEAR_DEFAULTS,
-    none_types={"global_batch_size": int, "epochs": int, "linear_eval.head_init": str,
+    none_types={**_loader_types("train", "val"), "global_batch_size": int, "epochs": int,
+                "linear_eval.head_init": str,
                 "augmentation.eval_resize": str, "model.head.in_channels": int, "model.head.num_classes": int,
                 "lr_scheduler.learning_rate": float, "lr_scheduler.end_lr": float, "lr_scheduler.total_image": int,
                 "lr_scheduler.total_batch": int, "lr_scheduler.total_steps": int},
     choices={**_MODEL_CHOICES, **_dataset_rules("train")[0], **_dataset_rules("val")[0],
              "model.name": ("ByolClassification", "Classification"), "model.backbone.frozen_stages": (4,),
-             "model.head.name": ("ClasHead",),
+             "model.head.name": ("ClasHead",), "model.head.with_avg_pool": (False, True),
              "lr_scheduler.name": ("CosineWarmup", "CosinWarmup", "ByolLRScheduler"),
              "lr_scheduler.warmup_steps": (0,), "optimizer.name": ("Momentum",),
              "linear_eval.protocol": ("paper", "passl"), "linear_eval.head_init": ("jax", "passl"),
@@ -458,6 +466,7 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = (), schema: 
         if key.rsplit(".", 1)[-1] in _PASSL_LISTS:
             raise ConfigError(f"override '-o {text}': set augmentation.* keys instead of PASSL transform lists")
         _merge(cfg, _nest(key, value), schema.defaults, f"override '-o {text}'")
+    _passl_loader(cfg, schema)
     if schema is LINEAR and cfg["linear_eval"]["protocol"] in LINEAR_PROTOCOLS:
         for key, value in LINEAR_PROTOCOLS[cfg["linear_eval"]["protocol"]].items():
             if get(cfg, key) is None:
@@ -467,6 +476,15 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = (), schema: 
 
 
 _PASSL_LISTS = ("transforms", "view_trans1", "view_trans2")
+
+
+def _passl_loader(cfg: Config, schema: Schema) -> None:
+    """PASSL's ``dataloader.<split>.loader.num_workers`` sets the split's ``num_workers``; its
+    ``use_shared_memory`` is accepted and has no effect here (each loader chooses shared memory itself)."""
+    for split in schema.splits:
+        section = cfg["dataloader"][split]
+        if section["loader"]["num_workers"] is not None:
+            section["num_workers"] = section["loader"]["num_workers"]
 
 
 def _translate_passl_transforms(cfg: Config, schema: Schema, source: str) -> None:

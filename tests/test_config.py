@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
-from byol_lib.config import ConfigError, load_config, parse_override, resolve
+from byol_lib.config import ConfigError, flatten, load_config, parse_override, resolve, yaml_load
 
 from .conftest import ROOT
 
@@ -119,3 +123,32 @@ def test_passl_shared_list_sets_both_views(tmp_path) -> None:
     aug = load_config(path)["augmentation"]
     assert aug["view1"]["blur"] == aug["view2"]["blur"] == 0.5
     assert aug["mean"] == pytest.approx([0.485, 0.456, 0.406]) and aug["std"] == pytest.approx([0.229, 0.224, 0.225])
+
+
+PASSL_FILES = ("byol_r50_IM.yaml", "byol_clas_r50.yaml")
+TRANSLATED = ("transforms", "view_trans1", "view_trans2")  # PASSL's transform lists become augmentation.* keys
+
+
+@pytest.mark.parametrize("name", PASSL_FILES)
+def test_passl_published_files_keep_every_key_and_value(name: str) -> None:
+    """Every key of PASSL's own file is accepted and keeps its value (the loader's worker count moves to ours)."""
+    path = ROOT / "tests" / "fixtures" / "passl" / name
+    given = flatten(yaml_load(path.read_text()))
+    assert {"dataloader.train.loader.num_workers", "dataloader.train.loader.use_shared_memory"} <= set(given)
+    cfg = flatten(load_config(path, ["dataloader.train.dataset.name=Synthetic", "dataloader.val.dataset.name=Synthetic"]
+                              if "clas" in name else ["dataloader.train.dataset.name=Synthetic"]))
+    for key, value in given.items():
+        if key.rsplit(".", 1)[-1] in TRANSLATED or key.endswith("dataset.name"):
+            continue
+        assert cfg[key] == value, key
+    for split in ("train", "val") if "clas" in name else ("train",):
+        assert cfg[f"dataloader.{split}.num_workers"] == given[f"dataloader.{split}.loader.num_workers"] == 8
+
+
+@pytest.mark.parametrize("name", PASSL_FILES)
+def test_passl_published_files_run_unchanged_up_to_the_data_check(name: str, tmp_path) -> None:
+    path = ROOT / "tests" / "fixtures" / "passl" / name
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "train.py"), "-c", str(path)], cwd=tmp_path,
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "'dataloader.train.dataset.dataroot' = 'data/ILSVRC2012/train' does not exist" in out.stderr, out.stderr
