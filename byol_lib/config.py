@@ -1,7 +1,7 @@
 """Configs: PASSL-compatible YAML, ``-o key.sub=value`` overrides, validation and derived values.
 
 The schema is the key layout of PASSL's ``configs/byol/byol_r50_IM.yaml``; its defaults are the
-paper's 300-epoch recipe (reference §3.1): base lr 0.3 x global batch / 256, LARS (eta 1e-3,
+paper's 300-epoch recipe (paper §5, the JAX code's 300-epoch preset): base lr 0.3 x global batch / 256, LARS (eta 1e-3,
 wd 1e-6), 10 warm-up epochs, tau_base 0.99. Every key a user can set is listed here; anything else
 is rejected with the closest valid key. ``resolve`` adds the values that depend on the world size
 and the dataset (global batch, learning rate, number of steps) under ``derived``.

@@ -59,7 +59,7 @@ class LinearEvalSettings:
     epochs: int = 80
     batch_size: int = 1024
     lr_grid: tuple[float, ...] = (0.4, 0.3, 0.2, 0.1, 0.05)  # base values, x batch/256 when scale_lr_by_batch
-    scale_lr_by_batch: bool = True  # the JAX eval code scales its base lr by batch/256 (reference open question 5)
+    scale_lr_by_batch: bool = True  # the JAX eval code scales its base lr by batch/256 (the paper does not say)
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 0.0

@@ -287,7 +287,7 @@ def test_coin_frequency() -> None:
     assert abs(hits - 300) < 4 * math.sqrt(1000 * 0.3 * 0.7)
 
 
-PAPER_PROBS = {  # reference §4.1 (paper Table 6), written out rather than read from AUGMENT_DEFAULTS
+PAPER_PROBS = {  # paper Table 6, written out rather than read from AUGMENT_DEFAULTS
     "view1": {"flip": 0.5, "color_jitter": 0.8, "grayscale": 0.2, "blur": 1.0, "solarize": 0.0},
     "view2": {"flip": 0.5, "color_jitter": 0.8, "grayscale": 0.2, "blur": 0.1, "solarize": 0.2},
 }

@@ -21,7 +21,7 @@ def test_paper_config_resolves_to_jax_step_counts() -> None:
     for world in (32, 8, 1):
         d = resolve(cfg, world, 1281167, 1000)["derived"]
         assert d["global_batch"] == 4096 and d["per_device_batch"] == 4096 // world
-        assert d["total_steps"] == 300 * 1281167 // 4096 == 93835  # JAX max_steps, reference §3.1
+        assert d["total_steps"] == 300 * 1281167 // 4096 == 93835  # JAX max_steps (configs/byol.py)
         assert d["warmup_steps"] == 10 * 1281167 // 4096 == 3127
         assert d["peak_lr"] == pytest.approx(0.3 * 4096 / 256) == 4.8
 
