@@ -506,6 +506,26 @@ def _translate_passl_transforms(cfg: Config, schema: Schema, source: str) -> Non
             cfg["augmentation"] = translated
 
 
+def passl_original_notice(path: str | Path | None) -> str | None:
+    """One line for a file recognisably PASSL's own (its ``dataloader.train.loader`` section, which this project's
+    configs never use): which semantics run, and how to get PASSL's (docs/sources.md)."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        data = _read_yaml(Path(path))
+    except ConfigError:
+        return None
+    train = data.get("dataloader", {}).get("train", {}) if isinstance(data.get("dataloader"), dict) else {}
+    if not isinstance(train, dict) or not isinstance(train.get("loader"), dict):
+        return None
+    if schema_for(data) is LINEAR:
+        return (f"{path}: PASSL's own file, read with the paper's linear protocol and the file's values; "
+                "add -o linear_eval.protocol=passl for PASSL's (docs/sources.md, D18)")
+    return (f"{path}: PASSL's own file, read as the faithful BYOL with the file's values (D7, D9; its epsilon is "
+            "unused); PASSL's algorithm: the switches of passl_head in configs/ablations/passl_deviations.yaml "
+            "(docs/sources.md)")
+
+
 def config_kind(cfg: Config) -> str:
     """``pretrain`` or ``linear``."""
     return schema_for(cfg).kind

@@ -145,10 +145,17 @@ def test_passl_published_files_keep_every_key_and_value(name: str) -> None:
         assert cfg[f"dataloader.{split}.num_workers"] == given[f"dataloader.{split}.loader.num_workers"] == 8
 
 
+def _train_script(config: object, cwd: object) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "train.py"), "-c", str(config)], cwd=cwd,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
 @pytest.mark.parametrize("name", PASSL_FILES)
 def test_passl_published_files_run_unchanged_up_to_the_data_check(name: str, tmp_path) -> None:
-    path = ROOT / "tests" / "fixtures" / "passl" / name
-    out = subprocess.run([sys.executable, str(ROOT / "tools" / "train.py"), "-c", str(path)], cwd=tmp_path,
-                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out = _train_script(ROOT / "tests" / "fixtures" / "passl" / name, tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert "'dataloader.train.dataset.dataroot' = 'data/ILSVRC2012/train' does not exist" in out.stderr, out.stderr
+    (notice,) = out.stdout.splitlines()  # one line: which semantics run and how to get PASSL's
+    assert "PASSL's own file" in notice and ("linear_eval.protocol=passl" in notice or "passl_head" in notice)
+    ours = _train_script(ROOT / "configs" / "byol" / name, tmp_path)
+    assert ours.returncode == 2 and "PASSL's own file" not in ours.stdout  # this project's copies say nothing
