@@ -42,7 +42,7 @@ TINY_GRID = CONFTEST_TINY_GRID + (
 def test_the_grid_files_are_the_four_of_the_issue() -> None:
     assert [p.stem for p in GRID_FILES] == ["augmentations", "batch", "passl_deviations", "tau"]
     names = {v.name for v in load_grid(ROOT / "configs/ablations/passl_deviations.yaml").variants}
-    assert {f"d{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12)} == {n.split("_")[0] for n in names} - {
+    assert {f"d{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13)} == {n.split("_")[0] for n in names} - {
         "baseline", "passl"}
     assert {"passl_head", "passl_head_with_ema"} <= names
 
