@@ -36,7 +36,7 @@ from typing import Any
 
 from byol_lib import console, results, run_folder, runtime
 from byol_lib.comparisons import CONFIDENCE, Comparison, write_comparisons
-from byol_lib.config import ConfigError, load_config
+from byol_lib.config import ConfigError, backbone_overrides, load_config
 from byol_lib.stats import seeds_needed
 from byol_lib.variants import BASELINE, Grid, Variant, load_grid, variant_config, variant_overrides
 
@@ -206,7 +206,7 @@ def run_job(job: Job, settings: Settings) -> Outcome:
         if results.read_summary(folders["pretrain"]).get("status") != "finished":
             raise RuntimeError(f"{folders['pretrain']} did not finish")
         kind = "linear"
-        backbone = [f"model.backbone.{key}={cfg['model']['backbone'][key]}" for key in ("depth", "stem", "width")]
+        backbone = backbone_overrides(cfg["model"]["backbone"])
         linear = load_config(job.linear_config, [*backbone, *settings.linear_overrides, *common,
                                                  f"run_id={job.linear_id}"])
         run_linear_eval(linear, pretrained=str(folders["pretrain"]))

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from byol_lib.config import ConfigError, config_kind, load_config
+from byol_lib.config import ConfigError, config_kind, load_config, passl_original_notice
 from byol_lib.export import add_convert_arguments, add_extract_arguments, run_convert, run_extract
 from byol_lib.pipeline import ABLATION_CHOICES
 
@@ -104,6 +104,9 @@ def run_config(args: argparse.Namespace) -> int:
     from byol_lib.run_folder import Interrupted, RunFolderBusy
     from byol_lib.train import NonFiniteLossError, pretrain
 
+    notice = passl_original_notice(args.config_file)
+    if notice:
+        print(notice, flush=True)
     try:
         cfg = load_from_args(args)
         check_kind(cfg, args)

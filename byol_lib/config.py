@@ -1,7 +1,7 @@
 """Configs: PASSL-compatible YAML, ``-o key.sub=value`` overrides, validation and derived values.
 
 The schema is the key layout of PASSL's ``configs/byol/byol_r50_IM.yaml``; its defaults are the
-paper's 300-epoch recipe (reference §3.1): base lr 0.3 x global batch / 256, LARS (eta 1e-3,
+paper's 300-epoch recipe (paper §5, the JAX code's 300-epoch preset): base lr 0.3 x global batch / 256, LARS (eta 1e-3,
 wd 1e-6), 10 warm-up epochs, tau_base 0.99. Every key a user can set is listed here; anything else
 is rejected with the closest valid key. ``resolve`` adds the values that depend on the world size
 and the dataset (global batch, learning rate, number of steps) under ``derived``.
@@ -34,6 +34,7 @@ class ConfigError(ValueError):
 def _dataset_defaults(dataroot: str, num_workers: int, batch_size: int, drop_last: bool) -> Config:
     return {
         "num_workers": num_workers,
+        "loader": {"num_workers": None, "use_shared_memory": None},  # PASSL's layout; see _passl_loader
         "sampler": {"batch_size": batch_size, "shuffle": True, "drop_last": drop_last},
         "dataset": {
             "name": "ImageNet",
@@ -54,7 +55,7 @@ def _dataset_defaults(dataroot: str, num_workers: int, batch_size: int, drop_las
 _RUN_DEFAULTS: Config = {"seed": 0, "device": "auto", "cpu_kernels": "auto", "output_dir": "results", "run_id": "",
                          "global_batch_size": None}
 _BACKBONE_DEFAULTS: Config = {"name": "ResNet", "depth": 50, "stem": "imagenet", "width": 64, "with_pool": True,
-                              "num_classes": 0, "zero_init_residual": False}
+                              "num_classes": 0, "zero_init_residual": False, "padding": "same"}
 _MLP_DEFAULTS: Config = {"name": "NonLinearNeckV2", "in_channels": None, "hid_channels": 4096, "out_channels": 256,
                          "with_avg_pool": False, "last_bias": False}
 
@@ -111,18 +112,18 @@ PRETRAIN_DEFAULTS: Config = {
 }
 
 LINEAR_DEFAULTS: Config = {
-    "epochs": 80,
+    "epochs": None,  # the protocol's (LINEAR_PROTOCOLS)
     **_RUN_DEFAULTS,
     "model": {
         "name": "ByolClassification",
         "backbone": {**_BACKBONE_DEFAULTS, "frozen_stages": 4, "pretrained": ""},
-        "head": {"name": "ClasHead", "in_channels": None, "num_classes": None},
+        "head": {"name": "ClasHead", "with_avg_pool": False, "in_channels": None, "num_classes": None},
     },
     "dataloader": {
         "train": _dataset_defaults("data/ILSVRC2012/train", 2, 128, False),
         "val": _dataset_defaults("data/ILSVRC2012/val", 2, 128, False),
     },
-    "augmentation": AUGMENT_DEFAULTS,
+    "augmentation": {**AUGMENT_DEFAULTS, "eval_resize": None},  # the protocol's
     "lr_scheduler": {
         "name": "CosineWarmup",
         "lr_grid": [0.4, 0.3, 0.2, 0.1, 0.05],
@@ -142,13 +143,21 @@ LINEAR_DEFAULTS: Config = {
         "holdout": 10009,
         "extend_grid": 4,  # a held-out choice at the grid's edge adds lr x2 (or /2) beyond it, up to 4 times
         "standardize": False,  # heads on standardised features (folded into the saved head); the paper: raw
-        "head_init": "jax",
+        "head_init": None,  # the protocol's
         "knn_k": [20, 200],
         "knn_temperature": 0.07,
         "random_init_baseline": False,
     },
     "log_config": {"name": "LogHook", "interval": 10},
     "custom_config": [],
+}
+
+# What each linear-evaluation protocol (``linear_eval.protocol``) sets where the config leaves the key empty (None);
+# the protocol itself also decides the lr selection and the testing (byol_lib.evaluate). Paper App. C.1 and the JAX
+# eval code; PASSL's configs/byol/byol_clas_r50.yaml (D18 in docs/sources.md).
+LINEAR_PROTOCOLS: dict[str, dict[str, Any]] = {
+    "paper": {"epochs": 80, "linear_eval.head_init": "jax", "augmentation.eval_resize": "jax"},
+    "passl": {"epochs": 100, "linear_eval.head_init": "passl", "augmentation.eval_resize": "passl"},
 }
 
 _Check = tuple[str, Callable[[Any], bool], str]
@@ -180,7 +189,8 @@ def _dataset_rules(split: str) -> tuple[dict[str, tuple[Any, ...]], tuple[_Check
     base = f"dataloader.{split}"
     choices = {f"{base}.dataset.name": ("ImageNet", "Synthetic", "CIFAR10", "CIFAR100"),
                f"{base}.dataset.bad_files": ("skip", "strict")}
-    checks = (*_non_negative(f"{base}.num_workers", f"{base}.dataset.num_images", f"{base}.dataset.seed"),
+    checks = (*_non_negative(f"{base}.num_workers", f"{base}.loader.num_workers", f"{base}.dataset.num_images",
+                             f"{base}.dataset.seed"),
               *_positive(f"{base}.sampler.batch_size"))
     return choices, checks
 
@@ -190,7 +200,8 @@ _HOOKS_CHECK: _Check = (
     "may only list PASSL's BYOLHook / EvaluateHook (the EMA update and the evaluation always run here)")
 
 _MODEL_CHOICES = {"model.backbone.name": ("ResNet",), "model.backbone.depth": (18, 34, 50),
-                  "model.backbone.stem": ("imagenet", "cifar"), "model.backbone.with_pool": (True,),
+                  "model.backbone.stem": ("imagenet", "cifar"), "model.backbone.padding": ("same", "symmetric"),
+                  "model.backbone.with_pool": (True,),
                   "model.backbone.num_classes": (0,), "device": ("auto", "cpu", "gpu"),
                   "cpu_kernels": ("auto", "blas", "paddle")}
 
@@ -207,10 +218,16 @@ class Schema:
     splits: tuple[str, ...] = ("train",)
 
 
+def _loader_types(*splits: str) -> dict[str, type]:
+    """Types of PASSL's ``dataloader.<split>.loader`` keys (empty by default)."""
+    return {f"dataloader.{split}.loader.{key}": kind for split in splits
+            for key, kind in (("num_workers", int), ("use_shared_memory", bool))}
+
+
 PRETRAIN = Schema(
     kind="pretrain",
     defaults=PRETRAIN_DEFAULTS,
-    none_types={"global_batch_size": int, "total_images": int, "model.neck.in_channels": int,
+    none_types={**_loader_types("train"), "global_batch_size": int, "total_images": int, "model.neck.in_channels": int,
                 "model.predictor.in_channels": int, "model.num_classes": int, "model.embedding_dim": int,
                 "lr_scheduler.learning_rate": float,
                 "lr_scheduler.end_lr": float, "lr_scheduler.warmup_steps": int, "lr_scheduler.T_max": int},
@@ -243,12 +260,14 @@ PRETRAIN = Schema(
 LINEAR = Schema(
     kind="linear",
     defaults=LINEAR_DEFAULTS,
-    none_types={"global_batch_size": int, "model.head.in_channels": int, "model.head.num_classes": int,
+    none_types={**_loader_types("train", "val"), "global_batch_size": int, "epochs": int,
+                "linear_eval.head_init": str,
+                "augmentation.eval_resize": str, "model.head.in_channels": int, "model.head.num_classes": int,
                 "lr_scheduler.learning_rate": float, "lr_scheduler.end_lr": float, "lr_scheduler.total_image": int,
                 "lr_scheduler.total_batch": int, "lr_scheduler.total_steps": int},
     choices={**_MODEL_CHOICES, **_dataset_rules("train")[0], **_dataset_rules("val")[0],
              "model.name": ("ByolClassification", "Classification"), "model.backbone.frozen_stages": (4,),
-             "model.head.name": ("ClasHead",),
+             "model.head.name": ("ClasHead",), "model.head.with_avg_pool": (False, True),
              "lr_scheduler.name": ("CosineWarmup", "CosinWarmup", "ByolLRScheduler"),
              "lr_scheduler.warmup_steps": (0,), "optimizer.name": ("Momentum",),
              "linear_eval.protocol": ("paper", "passl"), "linear_eval.head_init": ("jax", "passl"),
@@ -466,11 +485,25 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = (), schema: 
         if key.rsplit(".", 1)[-1] in _PASSL_LISTS:
             raise ConfigError(f"override '-o {text}': set augmentation.* keys instead of PASSL transform lists")
         _merge(cfg, _nest(key, value), schema.defaults, f"override '-o {text}'")
+    _passl_loader(cfg, schema)
+    if schema is LINEAR and cfg["linear_eval"]["protocol"] in LINEAR_PROTOCOLS:
+        for key, value in LINEAR_PROTOCOLS[cfg["linear_eval"]["protocol"]].items():
+            if get(cfg, key) is None:
+                _set(cfg, key, value)
     validate(cfg, schema, source + (" with overrides" if overrides else ""))
     return cfg
 
 
 _PASSL_LISTS = ("transforms", "view_trans1", "view_trans2")
+
+
+def _passl_loader(cfg: Config, schema: Schema) -> None:
+    """PASSL's ``dataloader.<split>.loader.num_workers`` sets the split's ``num_workers``; its
+    ``use_shared_memory`` is accepted and has no effect here (each loader chooses shared memory itself)."""
+    for split in schema.splits:
+        section = cfg["dataloader"][split]
+        if section["loader"]["num_workers"] is not None:
+            section["num_workers"] = section["loader"]["num_workers"]
 
 
 def _translate_passl_transforms(cfg: Config, schema: Schema, source: str) -> None:
@@ -492,6 +525,26 @@ def _translate_passl_transforms(cfg: Config, schema: Schema, source: str) -> Non
             cfg["augmentation"] = translated
 
 
+def passl_original_notice(path: str | Path | None) -> str | None:
+    """One line for a file recognisably PASSL's own (its ``dataloader.train.loader`` section, which this project's
+    configs never use): which semantics run, and how to get PASSL's (docs/sources.md)."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        data = _read_yaml(Path(path))
+    except ConfigError:
+        return None
+    train = data.get("dataloader", {}).get("train", {}) if isinstance(data.get("dataloader"), dict) else {}
+    if not isinstance(train, dict) or not isinstance(train.get("loader"), dict):
+        return None
+    if schema_for(data) is LINEAR:
+        return (f"{path}: PASSL's own file, read with the paper's linear protocol and the file's values; "
+                "add -o linear_eval.protocol=passl for PASSL's (docs/sources.md, D18)")
+    return (f"{path}: PASSL's own file, read as the faithful BYOL with the file's values (D7, D9; its epsilon is "
+            "unused); PASSL's algorithm: the switches of passl_head in configs/ablations/passl_deviations.yaml "
+            "(docs/sources.md)")
+
+
 def config_kind(cfg: Config) -> str:
     """``pretrain`` or ``linear``."""
     return schema_for(cfg).kind
@@ -508,6 +561,17 @@ def backbone_channels(cfg: Config) -> int:
     return backbone["width"] * 8 * expansion
 
 
+BACKBONE_KEYS = ("depth", "stem", "width", "padding")
+
+
+def backbone_overrides(backbone: Mapping[str, Any]) -> list[str]:
+    """``-o`` overrides that give a linear-evaluation config a pretrained backbone's architecture.
+
+    A run recorded before ``model.backbone.padding`` existed was padded symmetrically."""
+    values = {"padding": "symmetric", **backbone} if backbone else {}
+    return [f"model.backbone.{key}={values[key]}" for key in BACKBONE_KEYS if key in values]
+
+
 def passl_loader_length(num_images: int, world_size: int, per_device: int, drop_last: bool) -> int:
     """Steps per epoch of PASSL's loader: each rank gets ceil(images / ranks) samples (padded), in batches."""
     per_rank = math.ceil(num_images / world_size)
@@ -519,21 +583,26 @@ def resolve(cfg: Config, world_size: int, num_images: int, num_classes: int) -> 
 
     ``total_steps`` is the length of the training loop; the lr follows a schedule of ``lr_steps`` and tau one of
     ``tau_steps``. All three are ``epochs x images // global batch`` except with ``loop_length: passl_epochs``
-    (D10): then the loop runs ``epochs x len(PASSL's per-rank loader)`` steps, the lr follows ``T_max`` (default:
-    the formula) and tau the formula, as in PASSL, and both schedules are periodic past their end.
+    (D10), which is PASSL's arithmetic at any world size: each process takes ``sampler.batch_size`` images a step
+    (``global_batch_size`` does not change it), the loop runs ``epochs x len(PASSL's per-rank loader)`` steps, the
+    lr follows ``T_max`` and tau ``epochs x images // global_batch_size`` (the schedule batch: the configured
+    ``global_batch_size``, else the real one; the default peak lr and warm-up use it too), as in PASSL, and both
+    schedules are periodic past their end.
     """
     cfg = copy.deepcopy(cfg)
     sampler = cfg["dataloader"]["train"]["sampler"]
-    if cfg["global_batch_size"] is not None:
-        global_batch = cfg["global_batch_size"]
-        if global_batch % world_size:
-            raise ConfigError(
-                f"key 'global_batch_size' = {global_batch} is not divisible by the {world_size} processes"
-            )
-        per_device = global_batch // world_size
+    configured = cfg["global_batch_size"]
+    if cfg["loop_length"] == "passl_epochs":  # D10: PASSL's per-process batch is the sampler's
+        per_device = sampler["batch_size"]
+        global_batch = per_device * world_size
+    elif configured is not None:
+        if configured % world_size:
+            raise ConfigError(f"key 'global_batch_size' = {configured} is not divisible by the {world_size} processes")
+        per_device, global_batch = configured // world_size, configured
     else:
         per_device = sampler["batch_size"]
         global_batch = per_device * world_size
+    schedule_batch = configured or global_batch
     total_images = cfg["total_images"] or num_images
     if total_images < global_batch:
         raise ConfigError(
@@ -541,11 +610,11 @@ def resolve(cfg: Config, world_size: int, num_images: int, num_classes: int) -> 
             "lower dataloader.train.sampler.batch_size"
         )
     steps_per_epoch = total_images / global_batch
-    total_steps = cfg["epochs"] * total_images // global_batch
+    total_steps = cfg["epochs"] * total_images // schedule_batch
     sched = cfg["lr_scheduler"]
     peak_lr = sched["learning_rate"]
     if peak_lr is None:
-        peak_lr = sched["base_lr"] * global_batch / 256
+        peak_lr = sched["base_lr"] * schedule_batch / 256
     if sched["end_lr"] is not None and not math.isclose(sched["end_lr"], peak_lr, rel_tol=1e-9):
         raise ConfigError(
             f"key 'lr_scheduler.end_lr' = {sched['end_lr']} differs from the peak learning rate {peak_lr}; "
@@ -553,7 +622,7 @@ def resolve(cfg: Config, world_size: int, num_images: int, num_classes: int) -> 
         )
     warmup = sched["warmup_steps"]
     if warmup is None:
-        warmup = int(sched["warmup_epochs"] * total_images // global_batch)
+        warmup = int(sched["warmup_epochs"] * total_images // schedule_batch)
     lr_steps, loop_steps = total_steps, total_steps
     if cfg["loop_length"] == "passl_epochs":  # D10: PASSL's loop length, the schedules' own horizon
         steps_per_epoch = passl_loader_length(total_images, world_size, per_device, sampler["drop_last"])
@@ -562,7 +631,7 @@ def resolve(cfg: Config, world_size: int, num_images: int, num_classes: int) -> 
     elif sched["T_max"] is not None and sched["T_max"] != total_steps:
         raise ConfigError(
             f"key 'lr_scheduler.T_max' = {sched['T_max']} disagrees with the run's {total_steps} steps "
-            f"(epochs x images // global batch = {cfg['epochs']} x {total_images} // {global_batch}); "
+            f"(epochs x images // global batch = {cfg['epochs']} x {total_images} // {schedule_batch}); "
             "the schedule always follows the real number of steps here: drop T_max (or set "
             "loop_length: passl_epochs for PASSL's mismatch, D10)"
         )
@@ -588,6 +657,7 @@ def resolve(cfg: Config, world_size: int, num_images: int, num_classes: int) -> 
         "world_size": world_size,
         "per_device_batch": per_device,
         "global_batch": global_batch,
+        "schedule_batch": schedule_batch,
         "num_images": total_images,
         "num_classes": num_classes,
         "steps_per_epoch": steps_per_epoch,

@@ -1,4 +1,4 @@
-"""The target network: a copy-initialised exponential moving average of the online network (reference §2).
+"""The target network: a copy-initialised exponential moving average of the online network (paper Eq. 1, §3.3).
 
 Only weights are averaged. BatchNorm running statistics (which Paddle stores as parameters named
 ``_mean``/``_variance``) are not: the target keeps its own, computed in its own train-mode forward,

@@ -1,4 +1,4 @@
-"""Frozen-backbone evaluation: linear evaluation (paper and PASSL protocols) and weighted kNN (reference §6, D18).
+"""Frozen-backbone evaluation: linear evaluation (paper and PASSL protocols) and weighted kNN (D18 in docs/sources.md).
 
 Linear evaluation trains a linear head on the representation of a frozen backbone: no gradient reaches the
 backbone and its BN layers run in inference mode with their stored statistics, so its parameters and BN
@@ -11,7 +11,8 @@ softmax cross-entropy, with a cosine learning rate decaying to 0 over all steps 
   the JAX eval code's simplified protocol (one lr, whole train split, test once).
 * ``protocol="passl"`` (PASSL ``byol_clas_r50.yaml``, D18): one lr (``lr_grid[0]``), the whole train split, the
   test split evaluated after every epoch; the last epoch is reported and the best epoch recorded, which shows
-  what selecting on the test split would add.
+  what selecting on the test split would add. The rest of PASSL's protocol (100 epochs, N(0, 0.01) head, its val
+  resize) comes with the config key ``linear_eval.protocol`` (``byol_lib.config.LINEAR_PROTOCOLS``).
 
 All heads of a grid train in lockstep on the same batches (one backbone forward per batch serves every lr), which
 equals separate runs with the same data order and the same initial head. With ``augment=False`` the features are
@@ -58,7 +59,7 @@ class LinearEvalSettings:
     epochs: int = 80
     batch_size: int = 1024
     lr_grid: tuple[float, ...] = (0.4, 0.3, 0.2, 0.1, 0.05)  # base values, x batch/256 when scale_lr_by_batch
-    scale_lr_by_batch: bool = True  # the JAX eval code scales its base lr by batch/256 (reference open question 5)
+    scale_lr_by_batch: bool = True  # the JAX eval code scales its base lr by batch/256 (the paper does not say)
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 0.0
@@ -69,12 +70,6 @@ class LinearEvalSettings:
     standardize: bool = False  # heads see features standardised by the train part's mean/sd (folded into the head)
     seed: int = 0
     num_workers: int = 0
-
-    @classmethod
-    def passl(cls, **changes: Any) -> LinearEvalSettings:
-        """PASSL's ``byol_clas_r50.yaml``: 100 epochs, lr 0.4 x 1024/256 = 1.6, test every epoch, head N(0, 0.01)."""
-        base = {"protocol": "passl", "epochs": 100, "lr_grid": (0.4,), "holdout": 0, "head_init": "passl"}
-        return cls(**{**base, **changes})
 
     def peak_lrs(self) -> tuple[float, ...]:
         """The learning rates actually used: the grid (PASSL: its first value), x batch/256 if scaled."""

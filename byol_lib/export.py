@@ -1,4 +1,4 @@
-"""Weight export: PASSL's ``tools/extract_weight.py`` and ``tools/passl2ppclas/convert.py`` (reference §9).
+"""Weight export: PASSL's ``tools/extract_weight.py`` and ``tools/passl2ppclas/convert.py`` (docs/sources.md).
 
 Inputs, all read with ``safe_pickle.load_weights`` (Paddle's and PASSL's pickles, without running code):
 
@@ -10,10 +10,10 @@ Inputs, all read with ``safe_pickle.load_weights`` (Paddle's and PASSL's pickles
 
 Extraction without ``--prefix`` returns the online encoder with bare ``paddle.vision`` names (``conv1.weight``,
 ...), which load into ``byol_lib.model.ResNet`` or ``paddle.vision.models.ResNet`` as they are: PASSL's
-documented command kept the ``backbone.`` prefix, which the bare backbone then skipped (reference D19).
+documented command kept the ``backbone.`` prefix, which the bare backbone then skipped (D19 in docs/sources.md).
 
 The PaddleClas conversion maps names, not positions: ``paddle.vision`` names to PaddleClas 2.x ("legendary")
-ResNet names by the rule of reference §9.3, with every key and shape checked against the architecture.
+ResNet names by the rule written out in ``backbone_layout``, with every key and shape checked against the architecture.
 """
 
 from __future__ import annotations

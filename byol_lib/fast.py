@@ -9,8 +9,10 @@ through residual blocks, BatchNorm running statistics left unchanged, crashes on
 ``conv2d_cnhw`` computes the same cross-correlation on CNHW activations (``[C, N, H, W]``: channels
 first, then the batch) with one GEMM per call over the whole batch, ``[Cout, Cin*k*k] @ [Cin*k*k, N*Ho*Wo]``
 (im2col in numpy, the GEMM in numpy's BLAS, zero-copy exchange with Paddle through DLPack). Backward:
-``dW = (cols @ dY^T)^T``; ``dX`` is the convolution of ``dY`` with the flipped kernel (stride 1) or
-``W^T @ dY`` summed back (col2im, strided). Results equal Paddle's kernels up to float32 summation order.
+``dW = (cols @ dY^T)^T``; ``dX`` is the convolution of ``dY`` with the flipped kernel (stride 1, symmetric
+padding) or ``W^T @ dY`` summed back (col2im). Padding is explicit per side (top, bottom, left, right), so JAX's
+asymmetric 'SAME' and paddle.vision's symmetric padding (``model.spatial_pads``) take the same code. Results
+equal Paddle's kernels up to float32 summation order.
 
 The switch is the config key ``cpu_kernels`` (``set_cpu_kernels``): ``auto`` (default) uses these kernels
 for float32 CPU batches when Paddle runs on one thread, or with stem width x N x H x W >=
@@ -55,6 +57,8 @@ def use_blas(x: paddle.Tensor, stem_channels: int) -> bool:
     return _kernels == "blas" or runtime.threads() == 1 or stem_channels * n * h * w >= AUTO_MIN_ELEMENTS
 
 
+Pads = tuple[int, int, int, int]  # top, bottom, left, right
+
 _ALIGN = 64  # bytes, as Paddle's CPU allocator: BLAS and reduction kernels sum in an address-dependent order
 
 
@@ -96,29 +100,30 @@ def _valid(size: int, out: int, offset: int, stride: int) -> tuple[int, int]:
     return lo, max(lo, hi)
 
 
-def _taps(h: int, w: int, k: int, stride: int, pad: int, ho: int,
+def _taps(h: int, w: int, k: int, stride: int, pads: Pads, ho: int,
           wo: int) -> list[tuple[int, int, slice, slice, slice, slice]]:
     """Per kernel tap ``(i, j)``: the valid output rows/columns and the input rows/columns they read."""
     def source(lo: int, hi: int, offset: int) -> slice:
         return slice(lo * stride + offset, (hi - 1) * stride + offset + 1, stride) if hi > lo else slice(0, 0)
 
+    top, left = pads[0], pads[2]
     taps = []
     for i in range(k):
-        r0, r1 = _valid(h, ho, i - pad, stride)
+        r0, r1 = _valid(h, ho, i - top, stride)
         for j in range(k):
-            c0, c1 = _valid(w, wo, j - pad, stride)
-            taps.append((i, j, slice(r0, r1), slice(c0, c1), source(r0, r1, i - pad), source(c0, c1, j - pad)))
+            c0, c1 = _valid(w, wo, j - left, stride)
+            taps.append((i, j, slice(r0, r1), slice(c0, c1), source(r0, r1, i - top), source(c0, c1, j - left)))
     return taps
 
 
-def _im2col(x: np.ndarray, k: int, stride: int, pad: int, ho: int, wo: int) -> np.ndarray:
+def _im2col(x: np.ndarray, k: int, stride: int, pads: Pads, ho: int, wo: int) -> np.ndarray:
     """Patches ``[C, k, k, N, Ho, Wo]`` of a CNHW array (zero padding), as a ``[C*k*k, N*Ho*Wo]`` matrix."""
     c, n, h, w = x.shape
-    if k == 1 and pad == 0:
+    if k == 1 and not any(pads):
         cols = x if stride == 1 else _copy(x[:, :, ::stride, ::stride])
         return cols.reshape(c, n * ho * wo)
     cols = _empty((c, k, k, n, ho, wo))
-    for i, j, out_rows, out_cols, rows, columns in _taps(h, w, k, stride, pad, ho, wo):
+    for i, j, out_rows, out_cols, rows, columns in _taps(h, w, k, stride, pads, ho, wo):
         tap = cols[:, i, j]
         tap[:, :, :out_rows.start] = 0.0
         tap[:, :, out_rows.stop:] = 0.0
@@ -128,27 +133,27 @@ def _im2col(x: np.ndarray, k: int, stride: int, pad: int, ho: int, wo: int) -> n
     return cols.reshape(c * k * k, n * ho * wo)
 
 
-def _col2im(dcols: np.ndarray, shape: tuple[int, ...], k: int, stride: int, pad: int, ho: int,
+def _col2im(dcols: np.ndarray, shape: tuple[int, ...], k: int, stride: int, pads: Pads, ho: int,
             wo: int) -> np.ndarray:
     """Adjoint of ``_im2col``: sum ``[C*k*k, N*Ho*Wo]`` patch gradients back into a CNHW array."""
     c, n, h, w = shape
     dx = _zeros(shape)
     d = dcols.reshape(c, k, k, n, ho, wo)
-    for i, j, out_rows, out_cols, rows, columns in _taps(h, w, k, stride, pad, ho, wo):
+    for i, j, out_rows, out_cols, rows, columns in _taps(h, w, k, stride, pads, ho, wo):
         dx[:, :, rows, columns] += d[:, i, j, :, out_rows, out_cols]
     return dx
 
 
-def _out_size(size: int, k: int, stride: int, pad: int) -> int:
-    return (size + 2 * pad - k) // stride + 1
+def _out_size(size: int, k: int, stride: int, before: int, after: int) -> int:
+    return (size + before + after - k) // stride + 1
 
 
-def _conv_forward(x: np.ndarray, weight: np.ndarray, stride: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
+def _conv_forward(x: np.ndarray, weight: np.ndarray, stride: int, pads: Pads) -> tuple[np.ndarray, np.ndarray]:
     """CNHW output ``[Cout, N, Ho, Wo]`` and the im2col matrix it was computed from."""
     _, n, h, w = x.shape
     cout, _, k, _ = weight.shape
-    ho, wo = _out_size(h, k, stride, pad), _out_size(w, k, stride, pad)
-    cols = _im2col(x, k, stride, pad, ho, wo)
+    ho, wo = _out_size(h, k, stride, *pads[:2]), _out_size(w, k, stride, *pads[2:])
+    cols = _im2col(x, k, stride, pads, ho, wo)
     return _matmul(weight.reshape(cout, -1), cols).reshape(cout, n, ho, wo), cols
 
 
@@ -156,15 +161,16 @@ class _Conv2D(PyLayer):
     """Autograd wrapper of the numpy-BLAS convolution (CNHW activations, Paddle's OIHW weights)."""
 
     @staticmethod
-    def forward(ctx: PyLayerContext, x: paddle.Tensor, weight: paddle.Tensor, stride: int, pad: int) -> paddle.Tensor:
+    def forward(ctx: PyLayerContext, x: paddle.Tensor, weight: paddle.Tensor, stride: int,
+                pads: Pads) -> paddle.Tensor:
         xn, wn = _numpy(x), _numpy(weight)
-        out, cols = _conv_forward(xn, wn, stride, pad)
-        ctx.saved = (cols, wn, xn.shape, stride, pad, not x.stop_gradient)
+        out, cols = _conv_forward(xn, wn, stride, pads)
+        ctx.saved = (cols, wn, xn.shape, stride, pads, not x.stop_gradient)
         return paddle.from_dlpack(out)
 
     @staticmethod
     def backward(ctx: PyLayerContext, dy: paddle.Tensor) -> tuple[paddle.Tensor | None, paddle.Tensor]:
-        cols, wn, shape, stride, pad, needs_dx = ctx.saved
+        cols, wn, shape, stride, pads, needs_dx = ctx.saved
         ctx.saved = None
         dyn = _numpy(dy)
         cout, n, ho, wo = dyn.shape
@@ -174,16 +180,17 @@ class _Conv2D(PyLayer):
         del cols
         if not needs_dx:
             return None, dw
-        if stride == 1 and (ho, wo) == tuple(shape[2:]) and 2 * pad == k - 1:  # dX = dY (*) flipped kernel
+        if stride == 1 and all(2 * p == k - 1 for p in pads):  # dX = dY (*) flipped kernel
             flipped = _copy(wn[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)).reshape(cin, -1)
-            dx = _matmul(flipped, _im2col(dyn, k, 1, pad, ho, wo))
+            dx = _matmul(flipped, _im2col(dyn, k, 1, pads, ho, wo))
             return paddle.from_dlpack(dx.reshape(shape)), dw
         dcols = _matmul(wn.reshape(cout, -1).T, dy2)
-        return paddle.from_dlpack(_col2im(dcols, shape, k, stride, pad, ho, wo)), dw
+        return paddle.from_dlpack(_col2im(dcols, shape, k, stride, pads, ho, wo)), dw
 
 
-def conv2d_cnhw(x: paddle.Tensor, weight: paddle.Tensor, stride: int, padding: int) -> paddle.Tensor:
-    """Bias-free 2-D cross-correlation of CNHW ``x`` ``[C, N, H, W]`` with OIHW ``weight`` (zero padding)."""
+def conv2d_cnhw(x: paddle.Tensor, weight: paddle.Tensor, stride: int, pads: Pads) -> paddle.Tensor:
+    """Bias-free 2-D cross-correlation of CNHW ``x`` ``[C, N, H, W]`` with OIHW ``weight``, zero padding of
+    ``pads`` = (top, bottom, left, right) pixels."""
     if not paddle.is_grad_enabled() or (x.stop_gradient and weight.stop_gradient):
-        return paddle.from_dlpack(_conv_forward(_numpy(x), _numpy(weight), stride, padding)[0])
-    return _Conv2D.apply(x, weight, stride, padding)
+        return paddle.from_dlpack(_conv_forward(_numpy(x), _numpy(weight), stride, pads)[0])
+    return _Conv2D.apply(x, weight, stride, pads)

@@ -36,7 +36,8 @@ RANDOM_INIT_PREFIX = "random_init_"  # the same predictions of the random-init b
 
 def build_backbone(cfg: Config) -> ResNet:
     backbone = cfg["model"]["backbone"]
-    return ResNet(backbone["depth"], backbone["stem"], backbone["width"], backbone["zero_init_residual"])
+    return ResNet(backbone["depth"], backbone["stem"], backbone["width"], backbone["zero_init_residual"],
+                  backbone["padding"])
 
 
 def _load_strict(backbone: ResNet, state: Mapping[str, np.ndarray], source: str) -> None:
@@ -46,7 +47,7 @@ def _load_strict(backbone: ResNet, state: Mapping[str, np.ndarray], source: str)
     if missing or unexpected or wrong:
         raise ConfigError(
             f"{source} does not fit the backbone in the config ({len(own)} tensors): missing {missing[:6]}, "
-            f"unexpected {unexpected[:6]}, wrong shape {wrong[:6]}; check model.backbone.depth/stem/width")
+            f"unexpected {unexpected[:6]}, wrong shape {wrong[:6]}; check model.backbone.depth/stem/width/padding")
     backbone.set_state_dict({k: np.asarray(v) for k, v in state.items()})
 
 

@@ -1,4 +1,4 @@
-"""BYOL's symmetric normalised-MSE loss (paper Eq. 2, reference §1.4)."""
+"""BYOL's symmetric normalised-MSE loss (paper Eq. 2)."""
 
 from __future__ import annotations
 

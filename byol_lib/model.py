@@ -1,13 +1,21 @@
-"""The networks: ResNet encoders, the projector/predictor MLP, and the BYOL module (reference §1).
+"""The networks: ResNet encoders, the projector/predictor MLP, and the BYOL module (docs/sources.md).
 
 Parameter names follow ``paddle.vision``'s ResNet (``conv1``, ``bn1``, ``layer{1-4}.{b}.conv{k}``,
 ``downsample.{0,1}``) so that backbones convert to PaddleClas names by rule, and the MLP keys
 (``mlp.0``, ``mlp.1``, ``mlp.3``) match PASSL's ``NonLinearNeckV2``.
 
-Initialisation follows the JAX release (Haiku defaults): convolutions variance-scaling fan-in with
-a truncated normal, linear layers a truncated normal with std 1/sqrt(fan_in), zero biases, BN
-scale 1 / offset 0 (the last BN of a block 0 only with ``zero_init_residual``). BN: momentum 0.9,
-eps 1e-5 as in JAX and PASSL.
+Initialisation follows the JAX release (Haiku's defaults, which DeepMind's ResNet and MLPs do not override):
+convolutions and linear layers draw ``TruncatedNormal(stddev=1/sqrt(fan_in))``, a unit normal truncated to
+[-2, 2] and scaled by that stddev with no variance correction, so the weights' real std is
+0.8796/sqrt(fan_in) (Haiku ``conv.py`` / ``basic.py`` / ``initializers.py``); zero biases, BN scale 1 /
+offset 0 (the last BN of a block 0 only with ``zero_init_residual``). BN: momentum 0.9, eps 1e-5 as in JAX
+and PASSL. PASSL's initialisation is the switch ``model.init: passl`` (D6, ``passl_init.py``).
+
+Padding (``model.backbone.padding``): ``same`` (default) is JAX's 'SAME' of every convolution and of the
+stem's max-pool: per axis ``total = max((ceil(n / s) - 1) * s + k - n, 0)``, ``total // 2`` before and the
+rest after, so a stride-2 3x3 on an even input pads 0 before and 1 after; ``symmetric`` pads ``k // 2`` on
+every side as paddle.vision's ResNet in PASSL (D13). The two differ only on strided layers with an even
+input (stride-1 and 1x1 layers pad alike).
 
 On the CPU (float32 batches, when ``byol_lib.fast.use_blas`` says so) the encoder runs in CNHW layout
 (channels first, then the batch): convolutions through numpy's BLAS, BatchNorm on the ``[1, C, N*H, W]``
@@ -30,19 +38,53 @@ from byol_lib.loss import byol_loss, l2_normalize
 
 BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
 _BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
-_TRUNCATED_STD_CORRECTION = 0.87962566103423978  # std of a unit normal truncated to [-2, 2]
+PADDINGS = ("same", "symmetric")
+Pads = tuple[int, int, int, int]  # top, bottom, left, right
 
 
-def _truncated_normal(std: float) -> nn.initializer.Initializer:
+def haiku_init(fan_in: int) -> nn.initializer.Initializer:
+    """Haiku's default weight init: a unit normal truncated to [-2, 2], times 1/sqrt(fan_in) (real std 0.88x that)."""
+    std = 1.0 / math.sqrt(fan_in)
     return nn.initializer.TruncatedNormal(mean=0.0, std=std, a=-2.0 * std, b=2.0 * std)
 
 
-def conv(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Conv2D:
-    """A bias-free convolution with 'same'-style symmetric padding and Haiku's fan-in init."""
-    fan_in = cin * kernel * kernel
-    std = 1.0 / math.sqrt(fan_in) / _TRUNCATED_STD_CORRECTION
-    return nn.Conv2D(cin, cout, kernel, stride=stride, padding=kernel // 2, bias_attr=False,
-                     weight_attr=paddle.ParamAttr(initializer=_truncated_normal(std)))
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """JAX/TF 'SAME' padding (before, after) of one axis of ``size`` pixels: the output has ceil(size / stride)."""
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def spatial_pads(height: int, width: int, kernel: int, stride: int, padding: str) -> Pads:
+    """(top, bottom, left, right) of a ``kernel`` x ``kernel`` window at ``stride`` under the padding rule."""
+    if padding == "symmetric":
+        return (kernel // 2,) * 4
+    return (*same_padding(height, kernel, stride), *same_padding(width, kernel, stride))
+
+
+class Conv2D(nn.Conv2D):
+    """A bias-free convolution with Haiku's default init, padded by ``padding`` (``same`` or ``symmetric``)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, padding: str) -> None:
+        super().__init__(cin, cout, kernel, stride=stride, padding=0, bias_attr=False,
+                         weight_attr=paddle.ParamAttr(initializer=haiku_init(cin * kernel * kernel)))
+        self.padding_rule = padding
+
+    def pads(self, height: int, width: int) -> Pads:
+        return spatial_pads(height, width, self._kernel_size[0], self._stride[0], self.padding_rule)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return F.conv2d(x, self.weight, stride=self._stride, padding=list(self.pads(*x.shape[2:])))
+
+
+class MaxPool(nn.Layer):
+    """The stem's 3x3 stride-2 max-pool, padded by ``padding`` like the convolutions (padding never wins)."""
+
+    def __init__(self, padding: str) -> None:
+        super().__init__()
+        self.padding_rule = padding
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return F.max_pool2d(x, 3, 2, padding=list(spatial_pads(*x.shape[2:], 3, 2, self.padding_rule)))
 
 
 def batch_norm(channels: int, zero_scale: bool = False) -> nn.BatchNorm2D:
@@ -51,11 +93,11 @@ def batch_norm(channels: int, zero_scale: bool = False) -> nn.BatchNorm2D:
                           weight_attr=paddle.ParamAttr(initializer=scale))
 
 
-def _conv(layer: nn.Conv2D, x: paddle.Tensor, cnhw: bool) -> paddle.Tensor:
+def _conv(layer: Conv2D, x: paddle.Tensor, cnhw: bool) -> paddle.Tensor:
     """``layer(x)``, or the same convolution of a CNHW ``x`` through the numpy-BLAS kernel."""
     if not cnhw:
         return layer(x)
-    return fast.conv2d_cnhw(x, layer.weight, layer._stride[0], layer._padding)
+    return fast.conv2d_cnhw(x, layer.weight, layer._stride[0], layer.pads(*x.shape[2:]))
 
 
 def _bn(layer: nn.BatchNorm2D, x: paddle.Tensor, cnhw: bool) -> paddle.Tensor:
@@ -70,8 +112,7 @@ def _bn(layer: nn.BatchNorm2D, x: paddle.Tensor, cnhw: bool) -> paddle.Tensor:
 
 
 def linear(cin: int, cout: int, bias: bool = True) -> nn.Linear:
-    return nn.Linear(cin, cout,
-                     weight_attr=paddle.ParamAttr(initializer=_truncated_normal(1.0 / math.sqrt(cin))),
+    return nn.Linear(cin, cout, weight_attr=paddle.ParamAttr(initializer=haiku_init(cin)),
                      bias_attr=paddle.ParamAttr(initializer=nn.initializer.Constant(0.0)) if bias else False)
 
 
@@ -80,12 +121,12 @@ class BasicBlock(nn.Layer):
 
     expansion = 1
 
-    def __init__(self, cin: int, width: int, stride: int, zero_init_residual: bool) -> None:
+    def __init__(self, cin: int, width: int, stride: int, zero_init_residual: bool, padding: str) -> None:
         super().__init__()
         cout = width * self.expansion
-        self.conv1, self.bn1 = conv(cin, width, 3, stride), batch_norm(width)
-        self.conv2, self.bn2 = conv(width, cout, 3), batch_norm(cout, zero_init_residual)
-        self.downsample = _shortcut(cin, cout, stride)
+        self.conv1, self.bn1 = Conv2D(cin, width, 3, stride, padding), batch_norm(width)
+        self.conv2, self.bn2 = Conv2D(width, cout, 3, 1, padding), batch_norm(cout, zero_init_residual)
+        self.downsample = _shortcut(cin, cout, stride, padding)
 
     def forward(self, x: paddle.Tensor, cnhw: bool = False) -> paddle.Tensor:
         out = F.relu(_bn(self.bn1, _conv(self.conv1, x, cnhw), cnhw))
@@ -98,13 +139,13 @@ class Bottleneck(nn.Layer):
 
     expansion = 4
 
-    def __init__(self, cin: int, width: int, stride: int, zero_init_residual: bool) -> None:
+    def __init__(self, cin: int, width: int, stride: int, zero_init_residual: bool, padding: str) -> None:
         super().__init__()
         cout = width * self.expansion
-        self.conv1, self.bn1 = conv(cin, width, 1), batch_norm(width)
-        self.conv2, self.bn2 = conv(width, width, 3, stride), batch_norm(width)
-        self.conv3, self.bn3 = conv(width, cout, 1), batch_norm(cout, zero_init_residual)
-        self.downsample = _shortcut(cin, cout, stride)
+        self.conv1, self.bn1 = Conv2D(cin, width, 1, 1, padding), batch_norm(width)
+        self.conv2, self.bn2 = Conv2D(width, width, 3, stride, padding), batch_norm(width)
+        self.conv3, self.bn3 = Conv2D(width, cout, 1, 1, padding), batch_norm(cout, zero_init_residual)
+        self.downsample = _shortcut(cin, cout, stride, padding)
 
     def forward(self, x: paddle.Tensor, cnhw: bool = False) -> paddle.Tensor:
         out = F.relu(_bn(self.bn1, _conv(self.conv1, x, cnhw), cnhw))
@@ -113,10 +154,10 @@ class Bottleneck(nn.Layer):
         return F.relu(out + _shortcut_forward(self.downsample, x, cnhw))
 
 
-def _shortcut(cin: int, cout: int, stride: int) -> nn.Sequential | None:
+def _shortcut(cin: int, cout: int, stride: int, padding: str) -> nn.Sequential | None:
     if stride == 1 and cin == cout:
         return None
-    return nn.Sequential(conv(cin, cout, 1, stride), batch_norm(cout))
+    return nn.Sequential(Conv2D(cin, cout, 1, stride, padding), batch_norm(cout))
 
 
 def _shortcut_forward(downsample: nn.Sequential | None, x: paddle.Tensor, cnhw: bool) -> paddle.Tensor:
@@ -129,14 +170,14 @@ class ResNet(nn.Layer):
     """ResNet v1 encoder returning the pooled representation y ([N, channels])."""
 
     def __init__(self, depth: int = 50, stem: str = "imagenet", width: int = 64,
-                 zero_init_residual: bool = False) -> None:
+                 zero_init_residual: bool = False, padding: str = "same") -> None:
         super().__init__()
         block = Bottleneck if depth == 50 else BasicBlock
         if stem == "imagenet":
-            self.conv1 = conv(3, width, 7, stride=2)
-            self.maxpool: nn.Layer = nn.MaxPool2D(kernel_size=3, stride=2, padding=1)
+            self.conv1 = Conv2D(3, width, 7, 2, padding)
+            self.maxpool: nn.Layer = MaxPool(padding)
         else:  # CIFAR stem: 3x3 stride 1, no max-pool
-            self.conv1 = conv(3, width, 3)
+            self.conv1 = Conv2D(3, width, 3, 1, padding)
             self.maxpool = nn.Identity()
         self.bn1 = batch_norm(width)
         cin = width
@@ -144,7 +185,7 @@ class ResNet(nn.Layer):
             layers = []
             for b in range(blocks):
                 stride = 2 if (stage > 0 and b == 0) else 1
-                layers.append(block(cin, width * 2**stage, stride, zero_init_residual))
+                layers.append(block(cin, width * 2**stage, stride, zero_init_residual, padding))
                 cin = width * 2**stage * block.expansion
             setattr(self, f"layer{stage + 1}", nn.Sequential(*layers))
         self.out_channels = cin
@@ -182,7 +223,7 @@ class Tower(nn.Layer):
     def __init__(self, backbone_cfg: dict[str, Any], neck_cfg: dict[str, Any]) -> None:
         super().__init__()
         self.encoder = ResNet(backbone_cfg["depth"], backbone_cfg["stem"], backbone_cfg["width"],
-                              backbone_cfg["zero_init_residual"])
+                              backbone_cfg["zero_init_residual"], backbone_cfg["padding"])
         self.projector = MLP(self.encoder.out_channels, neck_cfg["hid_channels"], neck_cfg["out_channels"],
                              neck_cfg["last_bias"])
 

@@ -1,8 +1,8 @@
-"""LARS optimiser and the learning-rate / target-EMA schedules (reference §2, §3, deviation D8).
+"""LARS optimiser and the learning-rate / target-EMA schedules (docs/sources.md, deviation D8).
 
 Two LARS formulas are available:
 
-* ``"jax"`` (paper / DeepMind code, reference §3.1). For parameters not excluded by name::
+* ``"jax"`` (paper §3.3 / DeepMind's ``utils/optimizers.py``). For parameters not excluded by name::
 
       g' = g + wd * w
       trust = eta * ||w|| / ||g'||          (1 if either norm is 0)
@@ -12,7 +12,7 @@ Two LARS formulas are available:
   Excluded parameters (biases, BN) skip weight decay and the trust ratio: ``mu = momentum * mu + g``.
   The buffer ``mu`` holds no learning rate.
 
-* ``"passl"`` (Paddle's ``lars_momentum`` kernel used by PASSL, reference §3.2 and D8)::
+* ``"passl"`` (Paddle's ``lars_momentum`` kernel used by PASSL, D8 in docs/sources.md)::
 
       local_lr = lr * eta * ||w|| / (||g|| + wd * ||w|| + epsilon)   (only if wd > 0 and both norms > 0)
       local_lr = lr                                                   (otherwise)

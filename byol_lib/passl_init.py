@@ -1,6 +1,6 @@
 """PASSL's initialisation of the BYOL networks (deviation D6), applied to a built model instead of ours.
 
-What PASSL's networks end up with (reference §8 D6):
+What PASSL's networks end up with (D6 in docs/sources.md):
 
 * every ``Conv2D``: an untruncated normal with std 1/sqrt(fan_in), fan_in = in_channels x kh x kw. (PASSL's
   ResNet first draws its convolutions kaiming-normal with fan_out, then BYOL's ``net_init`` overwrites them; the

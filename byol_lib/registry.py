@@ -28,6 +28,7 @@ import pandas as pd
 import yaml
 
 from byol_lib.checkpoint import latest_checkpoint
+from byol_lib.config import backbone_overrides as config_backbone_overrides
 from byol_lib.linear import RANDOM_INIT as RANDOM_INIT_WEIGHTS
 from byol_lib.results import repo_root
 
@@ -232,5 +233,4 @@ def checkpoint_of(run: Path) -> Path:
 def backbone_overrides(run: Path) -> list[str]:
     """``-o`` overrides that give a linear-evaluation config the backbone a pretraining run was trained with."""
     _, cfg = read_run(run)
-    backbone = _dig(cfg, "model.backbone") or {}
-    return [f"model.backbone.{key}={backbone[key]}" for key in ("depth", "stem", "width") if key in backbone]
+    return config_backbone_overrides(_dig(cfg, "model.backbone") or {})

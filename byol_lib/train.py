@@ -194,8 +194,9 @@ def _pretrain(cfg: Config, ctx: distributed.Context, resume: Path | None, verbos
         if verbose:
             print(f"run {run_dir}" + (f", resumed at step {start_step}" if start_step else ""), flush=True)
             print(f"{ctx.world_size} process(es) on {ctx.device}, batch {derived['global_batch']} "
-                  f"({derived['per_device_batch']}/process), lr {derived['peak_lr']:.4g}, {derived['total_steps']} "
-                  f"steps ({derived['warmup_steps']} warm-up)", flush=True)
+                  f"({derived['per_device_batch']}/process), lr {derived['peak_lr']:.4g} (= base lr x "
+                  f"{derived['schedule_batch']}/256 unless set), {derived['total_steps']} steps "
+                  f"({derived['warmup_steps']} warm-up)", flush=True)
 
     sched, aug, chunks = cfg["lr_scheduler"], cfg["augmentation"], cfg["accum_steps"]
     periodic = cfg["loop_length"] == "passl_epochs"

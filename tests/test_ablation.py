@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shlex
 import shutil
 from pathlib import Path
@@ -25,7 +26,7 @@ import pytest
 
 from byol_lib import ablation, cli, registry, report
 from byol_lib.comparisons import Comparison
-from byol_lib.config import ConfigError, flatten
+from byol_lib.config import PRETRAIN_DEFAULTS, ConfigError, flatten
 from byol_lib.variants import BASELINE, load_grid, load_study, variant_config
 
 from .conftest import ROOT, T975, write_ablation_runs, write_run
@@ -41,7 +42,7 @@ TINY_GRID = CONFTEST_TINY_GRID + (
 def test_the_grid_files_are_the_four_of_the_issue() -> None:
     assert [p.stem for p in GRID_FILES] == ["augmentations", "batch", "passl_deviations", "tau"]
     names = {v.name for v in load_grid(ROOT / "configs/ablations/passl_deviations.yaml").variants}
-    assert {f"d{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12)} == {n.split("_")[0] for n in names} - {
+    assert {f"d{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13)} == {n.split("_")[0] for n in names} - {
         "baseline", "passl"}
     assert {"passl_head", "passl_head_with_ema"} <= names
 
@@ -78,6 +79,22 @@ def test_combined_variants_are_the_union_of_their_parts() -> None:
     singles = [v for name, v in passl.items() if name.startswith("d")]
     assert passl["passl_head"].overrides == {k: v for s in singles for k, v in s.overrides.items()}
     assert set(passl["passl_head"].overrides) - set(passl["passl_head_with_ema"].overrides) == {"model.update_target"}
+
+
+def test_passl_recipes_switch_on_every_pretraining_switch_of_the_deviation_table() -> None:
+    """Each pretraining key named in docs/sources.md's D1-D20 table is set by ``passl_head``, and by
+    ``passl_head_with_ema`` except D1's."""
+    rows = [line.split("|") for line in (ROOT / "docs" / "sources.md").read_text().splitlines()
+            if re.match(r"\| D\d+ \|", line)]
+    assert [row[1].strip() for row in rows] == [f"D{i}" for i in range(1, 21)]
+    keys = set(flatten(PRETRAIN_DEFAULTS))
+    pretraining = [row for row in rows if row[1].strip() != "D18"]  # D18 is the linear-evaluation protocol
+    named = {token.split(":")[0].strip(): row[1].strip() for row in pretraining
+             for token in re.findall(r"`([^`]+)`", row[4]) if token.split(":")[0].strip() in keys}
+    assert set(named.values()) == {"D1", "D2", "D3", "D4", "D5", "D6", "D7", "D8", "D9", "D10", "D12", "D13"}
+    passl = {v.name: v for v in load_grid(ROOT / "configs/ablations/passl_deviations.yaml").variants}
+    assert set(named) <= set(passl["passl_head"].overrides)
+    assert set(named) - set(passl["passl_head_with_ema"].overrides) == {"model.update_target"}
 
 
 @pytest.mark.parametrize(("variants", "message"), [

@@ -11,6 +11,7 @@ import byol_lib  # noqa: F401  (sets up paddle before it is imported)
 import numpy as np
 import paddle
 import pytest
+from PIL import Image
 
 from byol_lib.data import augment as A
 
@@ -146,6 +147,21 @@ def test_bicubic_square_output_and_crop_offset() -> None:
     np.testing.assert_allclose(A.crop_and_resize(img, (3, 5, 10, 15), 8), chw(ref), atol=1e-5)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_passl_retry_resizes_the_sampled_crop_with_pillows_antialiased_bicubic(seed: int) -> None:
+    """D12: the view is Pillow's bicubic of the same crop (downscaled 60x80 -> 16: antialiased), rounded to uint8."""
+    img = random_image(60, 80, seed=seed)
+    aug = make_aug(16, NO_OPS, crop={"method": "passl_retry"})
+    rng = np.random.default_rng(seed)
+    x, _ = A.ViewSampler(aug, "view1")(img, rng)
+    replay = np.random.default_rng(seed)  # the sampler draws its crop from a generator seeded by its first draw
+    top, left, h, w = A.sample_crop(60, 80, aug["crop"], np.random.default_rng(replay.integers(np.iinfo(np.int64).max)))
+    want = Image.fromarray(img).crop((left, top, left + w, top + h)).resize((16, 16), Image.Resampling.BICUBIC)
+    np.testing.assert_allclose(x, chw(np.asarray(want)) / 255.0, atol=1e-6)
+    tf_bicubic = A.crop_and_resize(img, (top, left, h, w), 16)  # the default path: no antialias
+    assert np.abs(tf_bicubic - x).max() > 0.05
+
+
 # ----------------------------------------------------------------------------- colour
 
 
@@ -271,7 +287,7 @@ def test_coin_frequency() -> None:
     assert abs(hits - 300) < 4 * math.sqrt(1000 * 0.3 * 0.7)
 
 
-PAPER_PROBS = {  # reference §4.1 (paper Table 6), written out rather than read from AUGMENT_DEFAULTS
+PAPER_PROBS = {  # paper Table 6, written out rather than read from AUGMENT_DEFAULTS
     "view1": {"flip": 0.5, "color_jitter": 0.8, "grayscale": 0.2, "blur": 1.0, "solarize": 0.0},
     "view2": {"flip": 0.5, "color_jitter": 0.8, "grayscale": 0.2, "blur": 0.1, "solarize": 0.2},
 }
@@ -492,6 +508,16 @@ def test_eval_transform_small_matches_resize_then_centre_crop(shape: tuple[int, 
     top, left = (new[0] - 16 + 1) // 2, (new[1] - 16 + 1) // 2
     out = A.eval_transform(img, make_aug(16))
     np.testing.assert_allclose(out, chw(full[top:top + 16, left:left + 16]), atol=1e-5)
+
+
+def test_passl_eval_resize_is_pillow_bilinear_then_paddle_vision_centre_crop() -> None:
+    """PASSL's Resize(256) + CenterCrop(224), scaled to S = 16: shorter side 18, longer int(18 * 60 / 40) = 27."""
+    img = random_image(40, 60, seed=5)
+    resized = np.asarray(Image.fromarray(img).resize((27, 18), Image.Resampling.BILINEAR))
+    want = resized[1:17, 6:22]  # offsets round((18 - 16) / 2) = 1 and round((27 - 16) / 2) = round(5.5) = 6
+    got = A.eval_transform(img, make_aug(16, eval_resize="passl"))
+    np.testing.assert_allclose(got, chw(want) / 255.0, atol=1e-6)
+    assert np.abs(A.eval_transform(img, make_aug(16)) - got).max() > 0.05  # the paper's bicubic differs
 
 
 def test_linear_train_transform_is_crop_and_flip_only() -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
-from byol_lib.config import ConfigError, load_config, parse_override, resolve
+from byol_lib.config import ConfigError, flatten, load_config, parse_override, resolve, yaml_load
 
 from .conftest import ROOT
 
@@ -17,7 +21,7 @@ def test_paper_config_resolves_to_jax_step_counts() -> None:
     for world in (32, 8, 1):
         d = resolve(cfg, world, 1281167, 1000)["derived"]
         assert d["global_batch"] == 4096 and d["per_device_batch"] == 4096 // world
-        assert d["total_steps"] == 300 * 1281167 // 4096 == 93835  # JAX max_steps, reference §3.1
+        assert d["total_steps"] == 300 * 1281167 // 4096 == 93835  # JAX max_steps (configs/byol.py)
         assert d["warmup_steps"] == 10 * 1281167 // 4096 == 3127
         assert d["peak_lr"] == pytest.approx(0.3 * 4096 / 256) == 4.8
 
@@ -119,3 +123,39 @@ def test_passl_shared_list_sets_both_views(tmp_path) -> None:
     aug = load_config(path)["augmentation"]
     assert aug["view1"]["blur"] == aug["view2"]["blur"] == 0.5
     assert aug["mean"] == pytest.approx([0.485, 0.456, 0.406]) and aug["std"] == pytest.approx([0.229, 0.224, 0.225])
+
+
+PASSL_FILES = ("byol_r50_IM.yaml", "byol_clas_r50.yaml")
+TRANSLATED = ("transforms", "view_trans1", "view_trans2")  # PASSL's transform lists become augmentation.* keys
+
+
+@pytest.mark.parametrize("name", PASSL_FILES)
+def test_passl_published_files_keep_every_key_and_value(name: str) -> None:
+    """Every key of PASSL's own file is accepted and keeps its value (the loader's worker count moves to ours)."""
+    path = ROOT / "tests" / "fixtures" / "passl" / name
+    given = flatten(yaml_load(path.read_text()))
+    assert {"dataloader.train.loader.num_workers", "dataloader.train.loader.use_shared_memory"} <= set(given)
+    cfg = flatten(load_config(path, ["dataloader.train.dataset.name=Synthetic", "dataloader.val.dataset.name=Synthetic"]
+                              if "clas" in name else ["dataloader.train.dataset.name=Synthetic"]))
+    for key, value in given.items():
+        if key.rsplit(".", 1)[-1] in TRANSLATED or key.endswith("dataset.name"):
+            continue
+        assert cfg[key] == value, key
+    for split in ("train", "val") if "clas" in name else ("train",):
+        assert cfg[f"dataloader.{split}.num_workers"] == given[f"dataloader.{split}.loader.num_workers"] == 8
+
+
+def _train_script(config: object, cwd: object) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "train.py"), "-c", str(config)], cwd=cwd,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.mark.parametrize("name", PASSL_FILES)
+def test_passl_published_files_run_unchanged_up_to_the_data_check(name: str, tmp_path) -> None:
+    out = _train_script(ROOT / "tests" / "fixtures" / "passl" / name, tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "'dataloader.train.dataset.dataroot' = 'data/ILSVRC2012/train' does not exist" in out.stderr, out.stderr
+    (notice,) = out.stdout.splitlines()  # one line: which semantics run and how to get PASSL's
+    assert "PASSL's own file" in notice and ("linear_eval.protocol=passl" in notice or "passl_head" in notice)
+    ours = _train_script(ROOT / "configs" / "byol" / name, tmp_path)
+    assert ours.returncode == 2 and "PASSL's own file" not in ours.stdout  # this project's copies say nothing

@@ -333,7 +333,8 @@ def test_passl_protocol(data: tuple[ColourImages, ColourImages]) -> None:
     train, test = data
     net = make_backbone()
     logged: list[dict] = []
-    settings = LinearEvalSettings.passl(epochs=3, batch_size=16, lr_grid=(0.4, 0.1), augment=False)
+    settings = LinearEvalSettings(protocol="passl", epochs=3, batch_size=16, lr_grid=(0.4, 0.1), holdout=0,
+                                  head_init="passl", augment=False)
     result = linear_eval(net, train, test, AUG, settings, log=logged.append)
     assert logged == result.history and [e["epoch"] for e in logged] == [1, 2, 3]
     assert result.chosen_lr == pytest.approx(0.4 * 16 / 256) and result.holdout_top1 == {}

@@ -1,7 +1,7 @@
 """Weight export: extraction from PASSL's and this project's checkpoints, PaddleClas conversion, bad input.
 
-Expected names and shapes are built here from the published rules (reference §9.2, §9.3), not by the code
-under test.
+Expected names and shapes are built here from the published rules (PASSL's extract_weight.py and passl2ppclas key
+list), not by the code under test.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ BN = ("weight", "bias", "_mean", "_variance")
 
 
 def rule(arch: str, width: int) -> list[tuple[str, str, tuple[int, ...]]]:
-    """(paddle.vision name, PaddleClas name, shape) in PaddleClas order, written from reference §9.3."""
+    """(paddle.vision name, PaddleClas name, shape) in the order of PASSL's ppclas_res50_keys.txt."""
     bottleneck = arch in ("res50", "res101")
     rows = [("conv1.weight", "stem.0.conv.weight", (width, 3, 7, 7))]
     rows += [(f"bn1.{t}", f"stem.0.bn.{t}", (width,)) for t in BN]
@@ -65,7 +65,7 @@ def random_backbone(depth: int, seed: int, width: int = 8) -> dict[str, np.ndarr
 
 
 def write_passl(path: Path, online: dict[str, np.ndarray], state: dict | None = None) -> Path:
-    """A PASSL checkpoint (reference §9.1): plain pickle, decoys around the online encoder ``towers.0.0``."""
+    """A PASSL checkpoint (CheckpointHook format): plain pickle, decoys around the online encoder ``towers.0.0``."""
     if state is None:
         head = {"mlp.0.weight": np.ones((2, 3), "float32"), "mlp.3.weight": np.ones((3, 2), "float32")}
         state = {**{f"towers.0.0.{k}": v for k, v in online.items()},

@@ -111,6 +111,21 @@ def test_paper_config_defaults() -> None:
     assert settings.lr_grid == (0.4, 0.3, 0.2, 0.1, 0.05) and settings.scale_lr_by_batch
 
 
+@pytest.mark.parametrize(("protocol", "epochs", "head_init", "resize"), [("paper", 80, "jax", "jax"),
+                                                                       ("passl", 100, "passl", "passl")])
+def test_the_protocol_key_switches_epochs_head_init_and_val_resize(protocol: str, epochs: int, head_init: str,
+                                                                   resize: str) -> None:
+    cfg = load_config(ROOT / "configs" / "byol" / "byol_clas_r50.yaml", [*SYNTH, f"linear_eval.protocol={protocol}"])
+    settings = settings_from(cfg, 8, 1281167, 1000)
+    assert (settings.protocol, settings.epochs, settings.head_init) == (protocol, epochs, head_init)
+    assert cfg["augmentation"]["eval_resize"] == resize
+    assert settings.peak_lrs() == ((1.6,) if protocol == "passl" else (1.6, 1.2, 0.8, 0.4, 0.2))
+    assert settings.holdout == (0 if protocol == "passl" else 10009)
+    explicit = load_config(ROOT / "configs" / "byol" / "byol_clas_r50.yaml",
+                           [*SYNTH, f"linear_eval.protocol={protocol}", "epochs=7", "linear_eval.head_init=jax"])
+    assert (explicit["epochs"], explicit["linear_eval"]["head_init"]) == (7, "jax")  # a key set in the config wins
+
+
 @pytest.mark.parametrize(("images", "classes", "expected"), [
     (1281167, 1000, 10009), (5000, 10, 200), (300, 10, 60), (100000, 100, 2000)])
 def test_holdout_scales_with_the_train_set(images: int, classes: int, expected: int) -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import paddle
 import pytest
 
 from byol_lib.config import load_config, resolve
 from byol_lib.ema import update_target, weights
-from byol_lib.model import BYOL, ResNet
+from byol_lib.model import BYOL, Conv2D, MaxPool, ResNet, linear
 from byol_lib.optim import LARS, excluded_by_name
 
 from .conftest import TINY_CONFIG
@@ -36,6 +38,76 @@ def test_resnet_output_width(depth: int, stem: str, size: int, channels: int) ->
 def test_resnet50_parameter_count_matches_the_standard_model() -> None:
     net = ResNet(50, "imagenet", width=64)
     assert sum(int(np.prod(p.shape)) for p in weights(net)) == 23_508_032  # torchvision R50 minus fc
+
+
+@pytest.mark.parametrize("layer", ["conv", "linear"])
+def test_default_init_is_haikus_truncated_normal_without_variance_correction(layer: str) -> None:
+    """Haiku's Conv2D and Linear default: TruncatedNormal(stddev=1/sqrt(fan_in)) on [-2, 2], real std 0.8796x."""
+    paddle.seed(0)
+    weight = (Conv2D(256, 128, 3, 1, "same") if layer == "conv" else linear(2048, 512)).weight.numpy()
+    fan_in = 256 * 9 if layer == "conv" else 2048
+    scaled = weight.ravel() * math.sqrt(fan_in)
+    assert scaled.size >= 290_000
+    assert scaled.std() == pytest.approx(0.8796, abs=0.004)  # std of a unit normal truncated to [-2, 2]
+    assert np.abs(scaled).max() <= 2.0 + 1e-6 and abs(scaled.mean()) < 0.005
+
+
+# (input size, kernel, stride) -> JAX 'SAME' padding (before, after): the output has ceil(size / stride) pixels
+SAME_PADS = {(8, 3, 2): (0, 1), (9, 3, 2): (1, 1), (224, 7, 2): (2, 3), (225, 7, 2): (3, 3), (112, 3, 2): (0, 1),
+             (8, 1, 2): (0, 0), (9, 1, 2): (0, 0), (8, 3, 1): (1, 1), (8, 7, 2): (2, 3)}
+
+
+def numpy_conv(x: np.ndarray, w: np.ndarray, stride: int, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+    """Cross-correlation by explicit loops over a zero-padded copy: the reference of the padding tests."""
+    padded = np.pad(x, ((0, 0), (0, 0), rows, cols))
+    k = w.shape[2]
+    ho, wo = (padded.shape[2] - k) // stride + 1, (padded.shape[3] - k) // stride + 1
+    out = np.zeros((x.shape[0], w.shape[0], ho, wo))
+    for i in range(ho):
+        for j in range(wo):
+            patch = padded[:, :, i * stride:i * stride + k, j * stride:j * stride + k]
+            out[:, :, i, j] = np.einsum("nchw,ochw->no", patch, w)
+    return out
+
+
+@pytest.mark.parametrize(("height", "width", "kernel", "stride"),
+                         [(8, 9, 3, 2), (224, 225, 7, 2), (112, 8, 3, 2), (8, 9, 1, 2), (8, 8, 3, 1), (8, 8, 7, 2)])
+@pytest.mark.parametrize("padding", ["same", "symmetric"])
+def test_conv_padding_shapes_and_pixel_alignment(height: int, width: int, kernel: int, stride: int,
+                                                 padding: str) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, height, width)).astype(np.float32)
+    layer = Conv2D(3, 4, kernel, stride, padding)
+    w = layer.weight.numpy()
+    if padding == "same":
+        rows, cols = SAME_PADS[(height, kernel, stride)], SAME_PADS[(width, kernel, stride)]
+    else:  # paddle.vision / PASSL: kernel // 2 on every side
+        rows = cols = (kernel // 2, kernel // 2)
+    got = layer(paddle.to_tensor(x)).numpy()
+    assert got.shape == (2, 4, -(-height // stride), -(-width // stride))  # both rules: ceil(size / stride)
+    np.testing.assert_allclose(got, numpy_conv(x, w, stride, rows, cols), rtol=1e-4, atol=1e-4)
+
+
+def test_same_and_symmetric_padding_differ_by_one_pixel_on_even_inputs() -> None:
+    """A one-hot 3x3 kernel (centre tap) at stride 2 reads input pixel 2i (+1 with 'SAME' on even inputs)."""
+    x = np.arange(64, dtype=np.float32).reshape(1, 1, 8, 8)
+    for padding, offset in (("same", 1), ("symmetric", 0)):
+        layer = Conv2D(1, 1, 3, 2, padding)
+        centre = np.zeros((1, 1, 3, 3), dtype=np.float32)
+        centre[0, 0, 1, 1] = 1.0
+        layer.weight.set_value(centre)
+        np.testing.assert_array_equal(layer(paddle.to_tensor(x)).numpy()[0, 0], x[0, 0, offset::2, offset::2])
+
+
+@pytest.mark.parametrize(("size", "padding"), [(8, "same"), (9, "same"), (8, "symmetric"), (9, "symmetric")])
+def test_max_pool_padding(size: int, padding: str) -> None:
+    x = np.random.default_rng(1).standard_normal((2, 3, size, size)).astype(np.float32)
+    before, after = SAME_PADS[(size, 3, 2)] if padding == "same" else (1, 1)
+    padded = np.pad(x, ((0, 0), (0, 0), (before, after), (before, after)), constant_values=-np.inf)
+    out = -(-size // 2)
+    want = np.array([[padded[:, :, 2 * i:2 * i + 3, 2 * j:2 * j + 3].max(axis=(2, 3)) for j in range(out)]
+                     for i in range(out)]).transpose(2, 3, 0, 1)
+    np.testing.assert_array_equal(MaxPool(padding)(paddle.to_tensor(x)).numpy(), want)
 
 
 def test_target_starts_as_copy_and_gets_no_gradient() -> None:

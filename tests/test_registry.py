@@ -152,7 +152,9 @@ def test_find_run_and_resolve_weights(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nope"):
         registry.find_run("nope", tmp_path)
 
-    backbone = ["model.backbone.depth=18", "model.backbone.stem=cifar", "model.backbone.width=8"]
+    # a run recorded before model.backbone.padding existed was padded symmetrically
+    backbone = ["model.backbone.depth=18", "model.backbone.stem=cifar", "model.backbone.width=8",
+                "model.backbone.padding=symmetric"]
     assert registry.resolve_weights("random", tmp_path) == ("random", [])
     assert registry.resolve_weights("", tmp_path) == (str(new / "checkpoints" / "step_00000100.pdckpt"), backbone)
     assert registry.resolve_weights(old.name, tmp_path)[0] == str(old / "checkpoints" / "step_00000100.pdckpt")

@@ -1,4 +1,4 @@
-"""The paper's two-view augmentation pipeline (reference §4, JAX semantics) and PASSL's deviations.
+"""The paper's two-view augmentation pipeline (JAX semantics, docs/sources.md) and PASSL's deviations.
 
 Each view is split in two parts:
 
@@ -9,8 +9,8 @@ Each view is split in two parts:
   solarisation, final clip and mean/std normalisation.
 
 Coins follow JAX: an op with probability ``p`` is applied iff ``u <= p`` with ``u ~ U(0, 1)``.
-PASSL deviations (reference §8) are opt-in switches: ``crop.method = "passl_retry"`` (D12, sampler
-only; the resize stays TF bicubic), ``contrast_mean = "passl_per_row"`` (D3) and
+PASSL deviations (docs/sources.md) are opt-in switches: ``crop.method = "passl_retry"`` (D12: the retry-loop
+sampler and Pillow's bicubic resize, antialiased when downscaling), ``contrast_mean = "passl_per_row"`` (D3) and
 ``blur.method = "passl_per_tap"`` (D2).
 
 Device parameter vector of one image (float32, length ``device_params_length(aug)``):
@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import paddle
 import paddle.nn.functional as F
+from PIL import Image
 
 AUGMENT_DEFAULTS: dict[str, Any] = {
     "image_size": 224,
@@ -43,11 +44,13 @@ AUGMENT_DEFAULTS: dict[str, Any] = {
     },
     "mean": [0.485, 0.456, 0.406],
     "std": [0.229, 0.224, 0.225],
+    "eval_resize": "jax",
 }
 
 CROP_METHODS = ("jax", "passl_retry")
 BLUR_METHODS = ("gaussian", "passl_per_tap")
 CONTRAST_MEANS = ("per_channel", "passl_per_row")
+EVAL_RESIZES = ("jax", "passl")
 LUMA = (0.2989, 0.5870, 0.1140)
 PASSL_CROP_ATTEMPTS = 10
 EVAL_RESIZE_RATIO = 256.0 / 224.0
@@ -88,6 +91,7 @@ def validate_augment(aug: dict[str, Any]) -> None:
         ("crop.method", aug["crop"]["method"], CROP_METHODS),
         ("blur.method", aug["blur"]["method"], BLUR_METHODS),
         ("contrast_mean", aug["contrast_mean"], CONTRAST_MEANS),
+        ("eval_resize", aug["eval_resize"], EVAL_RESIZES),
     ):
         if value not in allowed:
             raise ValueError(f"key 'augmentation.{key}' = {value!r} is not one of {list(allowed)}")
@@ -179,10 +183,17 @@ def _resize_to_chw(image: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.
     return np.clip(out, 0.0, 1.0, out=out)
 
 
-def crop_and_resize(image: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
-    """Crop ``box = (top, left, h, w)`` of a uint8 HxWx3 image, bicubic-resize to ``size``, /255, clip."""
+def crop_and_resize(image: np.ndarray, box: tuple[int, int, int, int], size: int, method: str = "jax") -> np.ndarray:
+    """Crop ``box = (top, left, h, w)`` of a uint8 HxWx3 image, bicubic-resize to ``size``, /255, clip.
+
+    ``method`` is the crop method: ``"jax"`` resizes with TF's bicubic (no antialias); ``"passl_retry"`` (D12) as
+    PASSL's ``RandomResizedCrop`` on PIL images, with Pillow's bicubic, which widens its filter when downscaling
+    (antialias) and rounds to uint8 before PASSL's /255."""
     top, left, h, w = box
     patch = image[top:top + h, left:left + w]
+    if method == "passl_retry":
+        resized = Image.fromarray(np.ascontiguousarray(patch, dtype=np.uint8)).resize((size, size), Image.BICUBIC)
+        return np.ascontiguousarray(np.asarray(resized, dtype=np.float32).transpose(2, 0, 1)) * np.float32(1 / 255)
     return _resize_to_chw(patch, resize_matrix(h, size), resize_matrix(w, size))
 
 
@@ -319,7 +330,7 @@ class ViewSampler:
         order = rng.permutation(4)
         sigmas = rng.uniform(self.sigma[0], self.sigma[1], size=self.num_sigmas)
         flip, jitter, gray, blur, solarize = coins
-        x = crop_and_resize(image, box, self.size)
+        x = crop_and_resize(image, box, self.size, self.crop["method"])
         if flip:
             x = x[:, :, ::-1]
         if jitter:
@@ -395,15 +406,17 @@ def device_augment(x: paddle.Tensor, params: paddle.Tensor, aug: Mapping[str, An
 
 
 def eval_transform(image: np.ndarray, aug: Mapping[str, Any]) -> np.ndarray:
-    """Shorter side bicubic-resized to ``round(S * 256 / 224)``, centre crop ``S``; float32 [3,S,S] in [0,1].
+    """Shorter side resized to ``round(S * 256 / 224)``, centre crop ``S``; float32 [3,S,S] in [0,1].
 
-    The crop offset is ``(resized - S + 1) // 2`` per axis (JAX's rounding); only the kept rows and
-    columns of the resized image are computed.
+    ``eval_resize: jax`` (paper: bicubic): TF's bicubic, crop offset ``(resized - S + 1) // 2`` per axis (JAX's
+    rounding); only the kept rows and columns of the resized image are computed. ``passl``: ``_passl_eval``.
     """
     image = _check_image(image)
     size = int(aug["image_size"])
     height, width = image.shape[:2]
     short = round(size * EVAL_RESIZE_RATIO)
+    if aug["eval_resize"] == "passl":
+        return _passl_eval(image, short, size)
     scale = short / min(height, width)
     new_h, new_w = (short, round(width * scale)) if height <= width else (round(height * scale), short)
     top, left = (new_h - size + 1) // 2, (new_w - size + 1) // 2
@@ -412,11 +425,24 @@ def eval_transform(image: np.ndarray, aug: Mapping[str, Any]) -> np.ndarray:
     return _resize_to_chw(image, rows, cols)
 
 
+def _passl_eval(image: np.ndarray, short: int, size: int) -> np.ndarray:
+    """PASSL's linear-eval val transform (``Resize(256)``, ``CenterCrop(224)`` of paddle.vision on a PIL image):
+    Pillow's bilinear (the transform's default interpolation; antialiased when downscaling) of the shorter side to
+    ``short``, the longer to ``int(short * long / short_side)``, uint8; crop offset ``round((resized - S) / 2)``."""
+    height, width = image.shape[:2]
+    new_h, new_w = (short, int(short * width / height)) if height <= width else (int(short * height / width), short)
+    resized = np.asarray(Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).resize((new_w, new_h),
+                                                                                             Image.BILINEAR))
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    patch = resized[top:top + size, left:left + size].transpose(2, 0, 1).astype(np.float32)
+    return np.ascontiguousarray(patch) * np.float32(1 / 255)
+
+
 def linear_train_transform(image: np.ndarray, aug: Mapping[str, Any], rng: np.random.Generator) -> np.ndarray:
     """Linear-eval training view (paper App. C.1): random resized crop (same sampler) + flip (p 0.5)."""
     image = _check_image(image)
     box = sample_crop(image.shape[0], image.shape[1], aug["crop"], rng)
-    x = crop_and_resize(image, box, int(aug["image_size"]))
+    x = crop_and_resize(image, box, int(aug["image_size"]), aug["crop"]["method"])
     if rng.random() <= LINEAR_FLIP_PROB:
         x = x[:, :, ::-1]
     return np.ascontiguousarray(x)

@@ -9,7 +9,7 @@ mirroring (diagonal stripes run either way), the two tones (a dark grey in [0, 0
 in [0.7, 1]), the polarity (which tone is the pattern and which the background), a brightness
 gradient across the image and pixel noise. Patterns are anti-aliased by 4x4 supersampling.
 
-Why. BYOL (reference §4, §7.3) learns what two augmented views of one image share. The class must
+Why. BYOL (paper §5, Table 17) learns what two augmented views of one image share. The class must
 therefore be visible in every view: BYOL's random crops keep down to 8% of the area (9x9 px here),
 which often cuts a single global shape away, but always holds a period or more of a pattern that
 covers the image. The class survives crops, flips (a mirrored pattern stays in its class), blur and
