@@ -183,21 +183,6 @@ def _pretrain(cfg: Config, ctx: distributed.Context, resume: Path | None, verbos
     net = paddle.DataParallel(model) if ctx.world_size > 1 else model
     loader = pretrain_loader(images, cfg, ctx.rank, ctx.world_size, start_step)
 
-    summary = {"run_id": run_dir.name, "kind": KIND, "status": "running", "config_hash": results.config_hash(cfg),
-               "variant": cfg["variant"] or "baseline", "grid": cfg["grid"] or None, "seed": cfg["seed"],
-               "world_size": ctx.world_size, "device": ctx.device, **results.environment()}
-    metrics = None
-    if ctx.is_main:
-        results.write_config(run_dir, cfg)
-        run_folder.write_summary(run_dir, summary)
-        metrics = results.MetricsLog(run_dir / "metrics.jsonl", start_step)
-        if verbose:
-            print(f"run {run_dir}" + (f", resumed at step {start_step}" if start_step else ""), flush=True)
-            print(f"{ctx.world_size} process(es) on {ctx.device}, batch {derived['global_batch']} "
-                  f"({derived['per_device_batch']}/process), lr {derived['peak_lr']:.4g} (= base lr x "
-                  f"{derived['schedule_batch']}/256 unless set), {derived['total_steps']} steps "
-                  f"({derived['warmup_steps']} warm-up)", flush=True)
-
     sched, aug, chunks = cfg["lr_scheduler"], cfg["augmentation"], cfg["accum_steps"]
     periodic = cfg["loop_length"] == "passl_epochs"
     every_ckpt, every_log = checkpoint_every(cfg), cfg["log_config"]["interval"]
@@ -208,12 +193,27 @@ def _pretrain(cfg: Config, ctx: distributed.Context, resume: Path | None, verbos
         monitor = KnnMonitor(cfg["dataloader"]["train"]["dataset"], aug, k=knn_cfg["k"],
                              temperature=knn_cfg["temperature"], num_train=knn_cfg["num_train"],
                              num_val=knn_cfg["num_val"], batch_size=derived["per_device_batch"])
-    progress = Progress(derived["total_steps"], start_step, every_log, verbose and ctx.is_main)
-    sums: dict[str, float] = {}
-    window_start, window_steps, run_start = time.perf_counter(), 0, time.perf_counter()
-    step = start_step
-    model.train()
+    # "running" only from here: a signal during the set-up above leaves the summary as it was, one from here on is
+    # recorded as "interrupted"
+    summary = {"run_id": run_dir.name, "kind": KIND, "status": "running", "config_hash": results.config_hash(cfg),
+               "variant": cfg["variant"] or "baseline", "grid": cfg["grid"] or None, "seed": cfg["seed"],
+               "world_size": ctx.world_size, "device": ctx.device, **results.environment()}
+    metrics, progress, step = None, None, start_step
     try:
+        if ctx.is_main:
+            results.write_config(run_dir, cfg)
+            run_folder.write_summary(run_dir, summary)
+            metrics = results.MetricsLog(run_dir / "metrics.jsonl", start_step)
+            if verbose:
+                print(f"run {run_dir}" + (f", resumed at step {start_step}" if start_step else ""), flush=True)
+                print(f"{ctx.world_size} process(es) on {ctx.device}, batch {derived['global_batch']} "
+                      f"({derived['per_device_batch']}/process), lr {derived['peak_lr']:.4g} (= base lr x "
+                      f"{derived['schedule_batch']}/256 unless set), {derived['total_steps']} steps "
+                      f"({derived['warmup_steps']} warm-up)", flush=True)
+        progress = Progress(derived["total_steps"], start_step, every_log, verbose and ctx.is_main)
+        sums: dict[str, float] = {}
+        window_start, window_steps, run_start = time.perf_counter(), 0, time.perf_counter()
+        model.train()
         for step, (view1, params1, view2, params2, labels) in enumerate(loader, start=start_step):
             lr = lr_at(step, peak_lr=derived["peak_lr"], warmup_steps=derived["warmup_steps"],
                        total_steps=derived["lr_steps"], start_lr=sched["start_lr"], periodic=periodic)
@@ -279,7 +279,8 @@ def _pretrain(cfg: Config, ctx: distributed.Context, resume: Path | None, verbos
             run_folder.record_end(run_dir, summary, err, stopped_at_step=step)
         raise
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
 
     identical = distributed.replicas_identical([*weights(model.online), *weights(model.predictor)], ctx)
     if ctx.is_main:

@@ -320,3 +320,23 @@ def test_notebook_parameters_of_the_wrong_type_are_refused_before_a_kernel_start
         notebook.run_notebook(NOTEBOOK, parameters, results_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
     assert notebook.parse_parameter("epochs=3", notebook.declared_parameters(NOTEBOOK)) == ("epochs", 3)
+
+
+@pytest.mark.parametrize("when", ["KnnMonitor", "Progress"])  # before / after the "running" summary is written
+def test_a_signal_during_set_up_never_leaves_a_running_status(when: str, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM while the loop is being set up leaves no "running" status behind (before the summary is written: no
+    summary; after: "interrupted"), and the same command then runs the whole schedule."""
+    def signalled(*_: Any, **__: Any) -> None:
+        raise run_folder.Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(f"byol_lib.train.{when}", signalled)
+    cfg = load_config(TINY_CONFIG, [f"output_dir={tmp_path}", "run_id=run", "knn_monitor.interval_epochs=1",
+                                    "knn_monitor.num_train=64", "knn_monitor.num_val=32"])
+    with pytest.raises(run_folder.Interrupted):
+        pretrain(cfg, verbose=False)
+    assert read_summary(tmp_path / "run").get("status") == (None if when == "KnnMonitor" else "interrupted")
+    monkeypatch.undo()
+    pretrain(cfg, verbose=False)
+    assert read_summary(tmp_path / "run")["status"] == "finished"
+    assert [row["step"] for row in read_metrics(tmp_path / "run") if "loss" in row] == list(range(1, 9))
