@@ -32,6 +32,7 @@ CONFIDENCE = 0.95
 AUGMENTATIONS, DEVIATIONS = "augmentations", "passl_deviations"
 PASSL_RECIPE = "passl_head_with_ema"  # PASSL's recipe with its EMA hook: where the published 71.62 comes from
 PAPER_GAP = (71.62, 72.5)  # PASSL's published top-1 and the paper's (ImageNet, ResNet-50, 300 epochs)
+GAIN_TOPIC = "BYOL vs random init"
 
 
 @dataclass(frozen=True)
@@ -173,17 +174,17 @@ def _gain_findings(runs: pd.DataFrame, training_sd: float | None) -> list[Findin
         numbers = f"{linear.byol:.1f}% vs {linear.random_init:.1f}%, {signed(linear.delta)} points, {spread}{noise}"
         tail = f". kNN: {knn}." if knn else "."
         if linear.delta <= 0 or linear.high <= 0:
-            out.append(Finding("BYOL vs random init", f"**BYOL does not beat a random-init encoder here** "
+            out.append(Finding(GAIN_TOPIC, f"**BYOL does not beat a random-init encoder here** "
                                f"({_budget(setup)}; offline linear, the paper's measure): {numbers}{tail} "
                                "Pretraining bought nothing measurable on this setting.", warning=True))
         elif linear.resolved:
-            out.append(Finding("BYOL vs random init", f"**BYOL beats a random-init encoder** ({_budget(setup)}; "
+            out.append(Finding(GAIN_TOPIC, f"**BYOL beats a random-init encoder** ({_budget(setup)}; "
                                f"offline linear, the paper's measure): {numbers}{tail}"))
         elif math.isnan(linear.low):
-            out.append(Finding("BYOL vs random init", f"**BYOL scores above a random-init encoder, without an "
+            out.append(Finding(GAIN_TOPIC, f"**BYOL scores above a random-init encoder, without an "
                                f"interval** ({_budget(setup)}; offline linear): {numbers}{tail}", warning=True))
         else:
-            out.append(Finding("BYOL vs random init", f"**BYOL is not distinguishable from a random-init encoder** "
+            out.append(Finding(GAIN_TOPIC, f"**BYOL is not distinguishable from a random-init encoder** "
                                f"({_budget(setup)}; offline linear): {numbers}{tail}", warning=True))
     return out
 
@@ -331,14 +332,15 @@ def training_sd(results_dir: str | Path) -> float | None:
 
 
 def collect(runs: pd.DataFrame, results_dir: str | Path) -> list[Finding]:
-    """Every finding for a results folder, warnings first (a run set without a study or a main run gives fewer)."""
+    """Every finding for a results folder: BYOL vs random init first, then warnings, then the rest (a run set
+    without a study or a main run gives fewer)."""
     found: list[Finding | None] = [*_gain_findings(runs, training_sd(results_dir))]
     for study, records in study_records(results_dir).items():
         found += [_augmentation_finding(study, records, study_agreement(results_dir, study)),
                   _deviation_finding(study, records), _resolution_finding(study, records)]
     found += [_edge_finding(runs), _failure_finding(runs)]
     kept = [f for f in found if f is not None]
-    return sorted(kept, key=lambda f: not f.warning)
+    return sorted(kept, key=lambda f: (f.topic != GAIN_TOPIC, not f.warning))
 
 
 def markdown(findings: Sequence[Finding]) -> str:
@@ -363,7 +365,7 @@ def caveat(runs: pd.DataFrame) -> str | None:
         data, model = cfg.get("dataloader", {}).get("train", {}).get("dataset", {}), cfg.get("model", {})
         backbone = model.get("backbone", {})
         size = (cfg.get("augmentation") or {}).get("image_size")
-        images = data.get("num_images")
+        images = (cfg.get("derived") or {}).get("num_images") or data.get("num_images") or None
         described.add(f"{'' if images is None else f'{images:,}-image, '}{'' if size is None else f'{size}-pixel '}"
                       f"{data.get('name', '?')} data with a width-{backbone.get('width', '?')} "
                       f"ResNet-{backbone.get('depth', '?')}")

@@ -27,7 +27,8 @@ def main_runs(results: Path, seed: int, byol: float, random: float, dataset: str
                          {"kind": "pretrain", "status": "finished", "seed": seed, "epochs": epochs,
                           "dataset": dataset, "backbone": "resnet18", "final": {"online_accuracy": 0.3}})
     (pretrain / "config.yaml").write_text(yaml.safe_dump({
-        "dataloader": {"train": {"dataset": {"name": dataset, "num_images": 5000}}}, "augmentation": {"image_size": 32},
+        "dataloader": {"train": {"dataset": {"name": dataset, "num_images": 0}}}, "derived": {"num_images": 5000},
+        "augmentation": {"image_size": 32},
         "model": {"backbone": {"depth": 18, "width": 8}}}))
     linear = write_run(results, f"{dataset}-linear-s{seed}", {
         "kind": "linear", "status": "finished", "seed": seed, "top1": byol, "knn_top1_k20": byol - 0.05,
