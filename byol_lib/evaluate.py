@@ -38,7 +38,7 @@ import paddle.nn.functional as F
 from paddle.io import DataLoader, Dataset
 
 from byol_lib.data.augment import eval_transform, linear_train_transform, normalize
-from byol_lib.data.datasets import ImageDataset
+from byol_lib.data.datasets import DatasetError, ImageDataset
 from byol_lib.data.loader import epoch_permutation
 from byol_lib.optim import lr_at
 
@@ -125,20 +125,28 @@ class LinearEvalResult:
 
 
 class _TransformedImages(Dataset):
-    """``(epoch, index) -> (float32 [3, S, S] in [0, 1], label)``: centre crop, or the seeded train view."""
+    """``(epoch, index) -> (float32 [3, S, S] in [0, 1], label, trouble)``: centre crop, or the seeded train view.
+
+    An image that cannot be decoded in strict mode gives a black placeholder and ``trouble = index`` (else -1): the
+    main process decodes it again and raises the dataset's one-line error, as the pretraining loader does (an
+    exception inside a loader worker would hang or print worker tracebacks)."""
 
     def __init__(self, images: ImageDataset, aug: Mapping[str, Any], train_transform: bool, seed: int) -> None:
         super().__init__()
         self.images, self.aug, self.train_transform, self.seed = images, dict(aug), train_transform, seed
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         epoch, index = key
-        image = self.images.image(index)
+        trouble = -1
+        try:
+            image = self.images.image(index)
+        except DatasetError:
+            image, trouble = np.zeros((8, 8, 3), dtype=np.uint8), index
         if self.train_transform:
             x = linear_train_transform(image, self.aug, np.random.default_rng([self.seed, epoch, index]))
         else:
             x = eval_transform(image, self.aug)
-        return x, np.asarray(self.images.label(index), dtype="int64")
+        return x, np.asarray(self.images.label(index), dtype="int64"), np.asarray(trouble, dtype="int64")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -165,7 +173,10 @@ def _feature_batches(backbone: paddle.nn.Layer, images: ImageDataset, aug: Mappi
     batches = [keys[s:s + batch_size] for s in range(0, len(keys), batch_size)]
     dataset = _TransformedImages(images, aug, train_transform, seed)
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, use_shared_memory=num_workers > 0)
-    for x, labels in loader:
+    for x, labels, trouble in loader:
+        for index in trouble.numpy().reshape(-1):
+            if index >= 0:
+                images.image(int(index))  # strict mode: raises the one-line error naming the file
         with paddle.no_grad():  # not around the yield: the consumer may need gradients
             y = backbone(normalize(x, aug))
         yield y, labels

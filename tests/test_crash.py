@@ -278,6 +278,27 @@ def test_truncated_image_in_strict_mode_stops_with_one_line_naming_it(tmp_path: 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 2])
+def test_truncated_image_in_linear_evaluation_stops_with_one_line_naming_it(tmp_path: Path, workers: int) -> None:
+    """The feature loaders of linear evaluation (and kNN) report a bad file as the pretraining loader does: from
+    the main process, one line, never a hang (it hung with loader workers before)."""
+    bad = _image_folder(tmp_path / "images" / "train")
+    _image_folder(tmp_path / "images" / "val")
+    overrides = [f"output_dir={tmp_path / 'runs'}", "epochs=2", "linear_eval.random_init_baseline=False",
+                 *(f"dataloader.{split}.{key}" for split in ("train", "val") for key in (
+                     "dataset.name=ImageNet", f"dataset.dataroot={tmp_path / 'images' / split}",
+                     "dataset.num_images=0", "dataset.bad_files=strict", f"num_workers={workers}"))]
+    cmd = [sys.executable, str(ROOT / "tools" / "train.py"), "-c", str(ROOT / "configs/byol/tiny_linear.yaml"),
+           "--pretrained", "random", *(a for o in overrides for a in ("-o", o))]
+    out = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)  # a hang fails here
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"cannot decode image file '{bad}'" in lines[0], out.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    assert read_summary(run)["status"] == "failed" and str(bad) in read_summary(run)["error"]
+
+
+@pytest.mark.slow
 def test_skip_mode_counts_and_lists_the_skipped_files_in_the_summary(tmp_path: Path) -> None:
     bad = _image_folder(tmp_path / "images" / "train")
     cfg = load_config(TINY_CONFIG, [f"output_dir={tmp_path / 'runs'}", "dataloader.train.dataset.name=ImageNet",
