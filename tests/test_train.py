@@ -132,3 +132,32 @@ def test_knn_monitor_logs_during_pretraining(tmp_path: Path) -> None:
     rows = read_metrics(pretrain(cfg, verbose=False))
     knn = [r for r in rows if "knn_top1" in r]
     assert [r["step"] for r in knn] == [4, 8] and all(0.0 <= r["knn_top1"] <= 1.0 for r in knn)
+
+
+def test_the_loop_moves_the_target_after_each_optimiser_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the real loop, every step is: LARS step, then the EMA towards the *updated* online weights (the JAX
+    code's order), with the scheduled tau; the target's new weights are tau x old + (1 - tau) x updated online."""
+    import byol_lib.train as train_module
+    from byol_lib.ema import update_target, weights
+    from byol_lib.optim import LARS
+
+    calls: list[str] = []
+    real_step = LARS.step
+
+    def step(self: LARS, lr: float) -> None:
+        calls.append("optimiser")
+        real_step(self, lr)
+
+    def ema(online: paddle.nn.Layer, target: paddle.nn.Layer, tau: float) -> None:
+        calls.append("ema")
+        before = [w.numpy().copy() for w in weights(target)]
+        now = [w.numpy().copy() for w in weights(online)]
+        update_target(online, target, tau)
+        for old, new, after in zip(before, now, weights(target), strict=True):
+            np.testing.assert_allclose(after.numpy(), tau * old + (1 - tau) * new, rtol=1e-5, atol=1e-7)
+
+    monkeypatch.setattr(LARS, "step", step)
+    monkeypatch.setattr(train_module, "update_target", ema)
+    pretrain(load_config(TINY_CONFIG, [f"output_dir={tmp_path}"]), verbose=False)
+    steps = [row["step"] for row in read_metrics(next(tmp_path.iterdir())) if "loss" in row]
+    assert calls == ["optimiser", "ema"] * len(steps) and len(steps) == 8
