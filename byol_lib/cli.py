@@ -172,14 +172,14 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
     try:
         reproduce(args.profile, data=args.data, seeds=args.seeds, gpus=args.gpus, nproc=args.nproc,
-                         output_dir=args.output_dir,
-                         pretrain_overrides=[o for group in args.override for o in group],
-                         linear_overrides=[o for group in args.linear_override for o in group],
-                         report=args.report or None, ablation=args.ablation, ablation_seeds=args.ablation_seeds,
-                         ablation_overrides=None if args.ablation_override is None
-                         else [o for group in args.ablation_override for o in group],
-                         max_parallel=args.max_parallel, target_halfwidth=args.target_halfwidth,
-                         max_seeds=args.max_seeds)
+                  output_dir=args.output_dir,
+                  pretrain_overrides=[o for group in args.override for o in group],
+                  linear_overrides=[o for group in args.linear_override for o in group],
+                  report=args.report or None, ablation=args.ablation, ablation_seeds=args.ablation_seeds,
+                  ablation_overrides=None if args.ablation_override is None
+                  else [o for group in args.ablation_override for o in group],
+                  max_parallel=args.max_parallel, target_halfwidth=args.target_halfwidth,
+                  max_seeds=args.max_seeds)
     except (ConfigError, DatasetError, ExportError, NotebookError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -444,28 +444,24 @@ def plot_image(image: np.ndarray, title: str = "") -> Figure:
 # ---------------------------------------------------------------------------------------------
 # Paired comparisons and the noise budget (files written by byol_lib.comparisons and byol_lib.noise)
 
+POWER_COLUMNS = ["label", "n", "sd", "halfwidth", "mde", "verdict", "seeds_for_halfwidth_1", "seeds_for_halfwidth_2",
+                 "seeds_for_halfwidth_5"]
 PAIRED_COLUMNS = ["variant", "label", "grid", "n", "delta", "ci_low", "ci_high", "bootstrap_low", "bootstrap_high",
                   "sd", "mde", "paper_delta", "verdict", "seeds_for_halfwidth_1", "seeds_for_halfwidth_2",
                   "seeds_for_halfwidth_5"]
 
 
-def paired_table(results_dir: str | Path, study: str) -> pd.DataFrame:
-    """A study's paired comparisons (``<results>/<study>/comparisons.json``), one row per variant; empty if none."""
-    path = Path(results_dir) / study / "comparisons.json"
-    if not path.is_file():
-        return pd.DataFrame(columns=PAIRED_COLUMNS)
-    return pd.DataFrame(json.loads(path.read_text()))[PAIRED_COLUMNS]
-
-
-def studies(results_dir: str | Path) -> list[str]:
-    """The studies with written comparisons under ``results_dir`` (folders holding ``comparisons.json``)."""
-    return sorted(path.parent.name for path in Path(results_dir).glob("*/comparisons.json"))
+def paired_table(records: Sequence[Mapping[str, Any]], columns: Sequence[str] = PAIRED_COLUMNS) -> pd.DataFrame:
+    """A study's comparisons (``comparisons.json`` records, ``findings.study_records``) as a table of ``columns``,
+    one row per variant: ``POWER_COLUMNS`` gives its resolution (sd, half-width, minimum detectable effect, seeds
+    that half-widths of 1, 2 and 5 points would need)."""
+    table = pd.DataFrame(list(records), columns=list(columns))
+    return table.astype({c: "Int64" for c in columns if c == "n" or c.startswith("seeds_for")})
 
 
 def agreement_table(results_dir: str | Path, study: str) -> pd.DataFrame:
     """A study's rank and sign agreement with the paper per grid (``<results>/<study>/agreement.json``)."""
-    path = Path(results_dir) / study / "agreement.json"
-    return pd.DataFrame(json.loads(path.read_text())) if path.is_file() else pd.DataFrame()
+    return pd.DataFrame(findings.study_agreement(results_dir, study))
 
 
 def noise_budget_tables(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -628,19 +624,6 @@ def header(runs: pd.DataFrame, results_dir: str | Path) -> str:
     return (f"Generated {now} from git commit `{git_commit()}` over `{results_dir}`: {len(per_run)} runs, "
             f"{finished} finished. Accuracies are top-1 in percent; changes in percentage points.")
 
-
-POWER_COLUMNS = ["label", "n", "sd", "halfwidth", "mde", "verdict", "seeds_for_halfwidth_1", "seeds_for_halfwidth_2",
-                 "seeds_for_halfwidth_5"]
-
-
-def power_table(results_dir: str | Path, study: str) -> pd.DataFrame:
-    """A study's resolution per comparison: seeds, sd of the differences, half-width, minimum detectable effect,
-    verdict and the seeds that half-widths of 1, 2 and 5 points would need."""
-    path = Path(results_dir) / study / "comparisons.json"
-    if not path.is_file():
-        return pd.DataFrame(columns=POWER_COLUMNS)
-    table = pd.DataFrame(json.loads(path.read_text()), columns=POWER_COLUMNS)
-    return table.astype({"n": "Int64", **{c: "Int64" for c in POWER_COLUMNS if c.startswith("seeds_for")}})
 
 
 def other_evaluations(ablations: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
