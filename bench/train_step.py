@@ -17,16 +17,21 @@ so that a busy machine slows all of them alike:
 
 All three do the same work: online and target forward on both views, symmetric loss plus the online
 classifier, backward, LARS (JAX formula), EMA. Prints images/s, ratios to ``naive``, thread counts and
-peak RSS (of the whole process; ``--only NAME`` runs one step kind alone for its own peak). A benchmark,
-never a test.
+peak RSS (of the whole process; ``--only NAME`` runs one step kind alone for its own peak). With
+``--torch-anchor SCRIPT --torch-python PYTHON`` (``byol_step_torch.py``, a PyTorch eager BYOL step of the
+same network, in a venv with torch) each round also runs the anchor once in its own process (same width,
+threads, batch), interleaved, and the ratios to its median are printed; ``--torch IMAGES_PER_S`` gives its
+number instead. A benchmark, never a test.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import re
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -126,13 +131,13 @@ def project_step(args: argparse.Namespace, views: list[paddle.Tensor], labels: p
                  kernels: str) -> Callable[[], float]:
     """The project's step (model, LARS, EMA) with the given CPU kernels."""
     cfg = load_config(None, ["dataloader.train.dataset.name=Synthetic", f"model.backbone.depth={args.depth}",
-                             f"model.backbone.width={args.width}", f"model.backbone.stem={args.stem}"])
+                             f"model.backbone.width={args.width}", f"model.backbone.stem={args.stem}",
+                             f"cpu_kernels={kernels}"])
     cfg = resolve(cfg, 1, 50000, 10)
     model = build_model(cfg)
     optimizer = build_optimizer(model, cfg)
 
     def step() -> float:
-        fast.set_cpu_kernels(kernels)
         out = model(views[0], views[1], labels)
         out["loss"].backward()
         optimizer.step(0.1)
@@ -141,6 +146,21 @@ def project_step(args: argparse.Namespace, views: list[paddle.Tensor], labels: p
         return float(out["loss"])
 
     return step
+
+
+def torch_anchor(args: argparse.Namespace) -> Callable[[], float]:
+    """One run of the PyTorch anchor script (``--torch-anchor``) in its own interpreter: its images/s."""
+    command = [args.torch_python, args.torch_anchor, "--width", str(args.width), "--threads", str(args.threads),
+               "--batch", str(args.batch), "--image-size", str(args.size), "--warmup", "1", "--steps", "1"]
+
+    def run() -> float:
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        found = re.search(r"^THROUGHPUT ([\d.]+)", out, re.MULTILINE)
+        if found is None:
+            raise RuntimeError(f"{args.torch_anchor} printed no THROUGHPUT line:\n{out}")
+        return float(found.group(1))
+
+    return run
 
 
 def main() -> None:
@@ -155,6 +175,12 @@ def main() -> None:
                         help="Paddle and numpy-BLAS threads (default: the project's choice, %(default)s here; "
                              "CPU pretraining uses one less per loader worker)")
     parser.add_argument("--only", choices=NAMES, help="run one step kind alone (its own peak RSS)")
+    parser.add_argument("--torch", type=float, metavar="IMAGES_PER_S",
+                        help="the PyTorch anchor's images/s measured beside this run: prints the ratio to it")
+    parser.add_argument("--torch-anchor", metavar="SCRIPT",
+                        help="the PyTorch anchor script (byol_step_torch.py): one run of it per round, interleaved")
+    parser.add_argument("--torch-python", default=sys.executable, metavar="PYTHON",
+                        help="the interpreter with torch installed, for --torch-anchor")
     args = parser.parse_args()
     runtime.set_threads(args.threads)
 
@@ -168,26 +194,34 @@ def main() -> None:
                 "project": lambda: project_step(args, views, labels, "paddle"),
                 "fast": lambda: project_step(args, views, labels, "auto")}
     steps = {name: builders[name]() for name in names}
-    default_kernels = fast.cpu_kernels()
+    anchor = torch_anchor(args) if args.torch_anchor else None
     times: dict[str, list[float]] = {name: [] for name in names}
+    torch_rates: list[float] = []
     for repeat in range(args.steps + 1):
         for name, step in steps.items():
             start = time.perf_counter()
             step()
             if repeat:  # the first round is warm-up
                 times[name].append(time.perf_counter() - start)
-    fast.set_cpu_kernels(default_kernels)
+        if anchor and repeat:
+            torch_rates.append(anchor())
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this process only, not the anchor
 
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"BYOL step, ResNet-{args.depth} width {args.width} ({args.stem} stem), {args.size}x{args.size}, "
           f"batch {args.batch}, paddle {paddle.__version__}, {runtime.threads()} threads (Paddle/MKL), "
           f"{runtime.blas_threads()} threads (numpy BLAS); medians of {args.steps} interleaved steps; fast = "
-          f"{'numpy-BLAS' if fast.use_blas(views[0], args.width) else 'Paddle'} convolutions")
-    medians = {name: statistics.median(t) for name, t in times.items()}
-    base = medians.get("naive")
-    for name, median in medians.items():
-        ratio = f"  {base / median:5.2f}x naive" if base else ""
-        print(f"  {name:8s} {args.batch / median:7.2f} images/s  ({median * 1000:7.0f} ms/step){ratio}")
+          f"{'numpy-BLAS' if fast.use_blas(views[0], args.width, 'auto') else 'Paddle'} convolutions")
+    rates = {name: args.batch / statistics.median(t) for name, t in times.items()}
+    if torch_rates:
+        rates["pytorch"] = statistics.median(torch_rates)
+    reference = rates.get("pytorch", args.torch)
+    for name, rate in rates.items():
+        ratio = f"  {rate / rates['naive']:5.2f}x naive" if "naive" in rates else ""
+        if reference:
+            ratio += f"  {rate / reference:5.2f}x PyTorch"
+        print(f"  {name:8s} {rate:7.2f} images/s  ({args.batch / rate * 1000:7.0f} ms/step){ratio}")
+    if args.torch and not torch_rates:
+        print(f"  pytorch  {args.torch:7.2f} images/s  (given with --torch)")
     print(f"  peak RSS {rss_mb:.0f} MB ({'+'.join(names)} in one process)")
 
 

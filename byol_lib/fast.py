@@ -7,14 +7,17 @@ are reachable only from static graphs, where training is not reliable in 3.3.1 (
 through residual blocks, BatchNorm running statistics left unchanged, crashes on a lone convolution).
 
 ``conv2d_cnhw`` computes the same cross-correlation on CNHW activations (``[C, N, H, W]``: channels
-first, then the batch) with one GEMM per call over the whole batch, ``[Cout, Cin*k*k] @ [Cin*k*k, N*Ho*Wo]``
-(im2col in numpy, the GEMM in numpy's BLAS, zero-copy exchange with Paddle through DLPack). Backward:
-``dW = (cols @ dY^T)^T``; ``dX`` is the convolution of ``dY`` with the flipped kernel (stride 1, symmetric
-padding) or ``W^T @ dY`` summed back (col2im). Padding is explicit per side (top, bottom, left, right), so JAX's
-asymmetric 'SAME' and paddle.vision's symmetric padding (``model.spatial_pads``) take the same code. Results
-equal Paddle's kernels up to float32 summation order.
+first, then the batch) as GEMMs over blocks of images, ``[Cout, Cin*k*k] @ [Cin*k*k, n*Ho*Wo]`` with ``n``
+images per block so that the block's im2col matrix (about ``BLOCK_BYTES``) stays in cache (im2col in numpy,
+the GEMM in numpy's BLAS, zero-copy exchange with Paddle through DLPack). Backward, block by block from the
+saved input (the im2col matrices are recomputed, never stored: at width 64 they were two thirds of the step's
+peak memory): ``dW = sum (cols @ dY^T)^T``; ``dX`` is the convolution of ``dY`` with the flipped kernel
+(stride 1, symmetric padding) or ``W^T @ dY`` summed back (col2im). Padding is explicit per side (top,
+bottom, left, right), so JAX's asymmetric 'SAME' and paddle.vision's symmetric padding (``model.spatial_pads``)
+take the same code. Results equal Paddle's kernels up to float32 summation order.
 
-The switch is the config key ``cpu_kernels`` (``set_cpu_kernels``): ``auto`` (default) uses these kernels
+The switch is the config key ``cpu_kernels``, passed to the encoder when it is built (``ResNet(...,
+cpu_kernels=...)``, ``use_blas``): ``auto`` (default) uses these kernels
 for float32 CPU batches when Paddle runs on one thread, or with stem width x N x H x W >=
 ``AUTO_MIN_ELEMENTS``; ``blas`` always on the CPU, ``paddle`` never. GPU tensors never take this path.
 Measured (``bench/train_step.py``, 2-core EPYC), blas / Paddle step speed: one thread: 1.22x at width 8 /
@@ -34,31 +37,27 @@ from byol_lib import runtime
 
 KERNELS = ("auto", "blas", "paddle")
 AUTO_MIN_ELEMENTS = 2**21  # with 2+ threads: stem width x N x H x W from 16 x 128 x 32x32 (not width 8)
-_kernels = "auto"
 
 
-def set_cpu_kernels(kernels: str) -> None:
-    """Choose the CPU convolution kernels: ``"auto"``, ``"blas"`` (numpy BLAS, CNHW) or ``"paddle"``."""
-    global _kernels
+def check_kernels(kernels: str) -> str:
+    """``kernels`` if it names a choice of CPU convolution kernels, else a ValueError naming the choices."""
     if kernels not in KERNELS:
         raise ValueError(f"cpu kernels must be one of {list(KERNELS)}, got {kernels!r}")
-    _kernels = kernels
+    return kernels
 
 
-def cpu_kernels() -> str:
-    return _kernels
-
-
-def use_blas(x: paddle.Tensor, stem_channels: int) -> bool:
-    """Whether an NCHW batch ``x`` entering a network of ``stem_channels`` takes the numpy-BLAS kernels."""
-    if _kernels == "paddle" or x.dtype != paddle.float32 or not x.place.is_cpu_place():
+def use_blas(x: paddle.Tensor, stem_channels: int, kernels: str) -> bool:
+    """Whether an NCHW batch ``x`` entering a network of ``stem_channels`` takes the numpy-BLAS kernels under the
+    choice ``kernels``."""
+    if kernels == "paddle" or x.dtype != paddle.float32 or not x.place.is_cpu_place():
         return False
     n, _, h, w = x.shape
-    return _kernels == "blas" or runtime.threads() == 1 or stem_channels * n * h * w >= AUTO_MIN_ELEMENTS
+    return kernels == "blas" or runtime.threads() == 1 or stem_channels * n * h * w >= AUTO_MIN_ELEMENTS
 
 
 Pads = tuple[int, int, int, int]  # top, bottom, left, right
 
+BLOCK_BYTES = 2**21  # im2col block of the blocked convolution on one thread (L2-sized; tests shrink it)
 _ALIGN = 64  # bytes, as Paddle's CPU allocator: BLAS and reduction kernels sum in an address-dependent order
 
 
@@ -148,49 +147,79 @@ def _out_size(size: int, k: int, stride: int, before: int, after: int) -> int:
     return (size + before + after - k) // stride + 1
 
 
-def _conv_forward(x: np.ndarray, weight: np.ndarray, stride: int, pads: Pads) -> tuple[np.ndarray, np.ndarray]:
-    """CNHW output ``[Cout, N, Ho, Wo]`` and the im2col matrix it was computed from."""
-    _, n, h, w = x.shape
+def _chunk(n: int, cin: int, k: int, ho: int, wo: int) -> int:
+    """Images per block of the blocked convolution: an im2col block of about ``BLOCK_BYTES`` on one thread; the
+    whole batch for 1x1 kernels (no im2col) and on several threads (BLAS splits small GEMMs at a loss)."""
+    if k == 1 or runtime.threads() > 1:
+        return n
+    return max(1, min(n, BLOCK_BYTES // (4 * cin * k * k * ho * wo)))
+
+
+def _images(a: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Images ``[start, stop)`` of a CNHW array as an aligned ``[C, (stop - start) * H * W]`` matrix."""
+    block = a if (start, stop) == (0, a.shape[1]) else _copy(a[:, start:stop])
+    return block.reshape(a.shape[0], -1)
+
+
+def _conv_forward(x: np.ndarray, weight: np.ndarray, stride: int, pads: Pads) -> np.ndarray:
+    """CNHW output ``[Cout, N, Ho, Wo]``: one im2col block + GEMM per ``_chunk`` images (the block stays in cache)."""
+    cin, n, h, w = x.shape
     cout, _, k, _ = weight.shape
     ho, wo = _out_size(h, k, stride, *pads[:2]), _out_size(w, k, stride, *pads[2:])
-    cols = _im2col(x, k, stride, pads, ho, wo)
-    return _matmul(weight.reshape(cout, -1), cols).reshape(cout, n, ho, wo), cols
+    kernel = weight.reshape(cout, -1)
+    step = _chunk(n, cin, k, ho, wo)
+    if step == n:
+        return _matmul(kernel, _im2col(x, k, stride, pads, ho, wo)).reshape(cout, n, ho, wo)
+    out = _empty((cout, n, ho, wo))
+    for start in range(0, n, step):
+        block = _im2col(x[:, start:start + step], k, stride, pads, ho, wo)
+        out[:, start:start + step] = _matmul(kernel, block).reshape(cout, -1, ho, wo)
+    return out
 
 
 class _Conv2D(PyLayer):
-    """Autograd wrapper of the numpy-BLAS convolution (CNHW activations, Paddle's OIHW weights)."""
+    """Autograd wrapper of the numpy-BLAS convolution (CNHW activations, Paddle's OIHW weights).
+
+    Only the input is kept for the backward pass (alive anyway as the previous layer's output): the im2col
+    blocks are recomputed there, block by block, instead of storing ``k*k`` copies of every activation."""
 
     @staticmethod
     def forward(ctx: PyLayerContext, x: paddle.Tensor, weight: paddle.Tensor, stride: int,
                 pads: Pads) -> paddle.Tensor:
         xn, wn = _numpy(x), _numpy(weight)
-        out, cols = _conv_forward(xn, wn, stride, pads)
-        ctx.saved = (cols, wn, xn.shape, stride, pads, not x.stop_gradient)
-        return paddle.from_dlpack(out)
+        ctx.saved = (xn, wn, stride, pads, not x.stop_gradient)
+        return paddle.from_dlpack(_conv_forward(xn, wn, stride, pads))
 
     @staticmethod
     def backward(ctx: PyLayerContext, dy: paddle.Tensor) -> tuple[paddle.Tensor | None, paddle.Tensor]:
-        cols, wn, shape, stride, pads, needs_dx = ctx.saved
+        xn, wn, stride, pads, needs_dx = ctx.saved
         ctx.saved = None
         dyn = _numpy(dy)
         cout, n, ho, wo = dyn.shape
         _, cin, k, _ = wn.shape
-        dy2 = dyn.reshape(cout, n * ho * wo)
-        dw = paddle.from_dlpack(_copy(_matmul(cols, dy2.T).T).reshape(wn.shape))  # 2-3x faster than dy2 @ cols.T
-        del cols
+        flip = stride == 1 and all(2 * p == k - 1 for p in pads)  # dX = dY (*) flipped kernel
+        step = _chunk(n, cin, k, ho, wo)
+        dw_t = _zeros((cin * k * k, cout))
+        dx = _empty(xn.shape) if needs_dx and not flip else None
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            dy_block = _images(dyn, start, stop)
+            dw_t += _matmul(_im2col(xn[:, start:stop], k, stride, pads, ho, wo), dy_block.T)  # 2-3x dy @ cols.T
+            if dx is not None:
+                dcols = _matmul(wn.reshape(cout, -1).T, dy_block)
+                dx[:, start:stop] = _col2im(dcols, (cin, stop - start, *xn.shape[2:]), k, stride, pads, ho, wo)
+        dw = paddle.from_dlpack(_copy(dw_t.T).reshape(wn.shape))
         if not needs_dx:
             return None, dw
-        if stride == 1 and all(2 * p == k - 1 for p in pads):  # dX = dY (*) flipped kernel
-            flipped = _copy(wn[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)).reshape(cin, -1)
-            dx = _matmul(flipped, _im2col(dyn, k, 1, pads, ho, wo))
-            return paddle.from_dlpack(dx.reshape(shape)), dw
-        dcols = _matmul(wn.reshape(cout, -1).T, dy2)
-        return paddle.from_dlpack(_col2im(dcols, shape, k, stride, pads, ho, wo)), dw
+        if flip:
+            dx = _conv_forward(dyn, _copy(wn[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)), 1, pads)
+        return paddle.from_dlpack(dx), dw
 
 
 def conv2d_cnhw(x: paddle.Tensor, weight: paddle.Tensor, stride: int, pads: Pads) -> paddle.Tensor:
     """Bias-free 2-D cross-correlation of CNHW ``x`` ``[C, N, H, W]`` with OIHW ``weight``, zero padding of
     ``pads`` = (top, bottom, left, right) pixels."""
     if not paddle.is_grad_enabled() or (x.stop_gradient and weight.stop_gradient):
-        return paddle.from_dlpack(_conv_forward(_numpy(x), _numpy(weight), stride, pads)[0])
+        return paddle.from_dlpack(_conv_forward(_numpy(x), _numpy(weight), stride, pads))
     return _Conv2D.apply(x, weight, stride, pads)
+

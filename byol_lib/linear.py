@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import paddle
 
-from byol_lib import console, distributed, fast, results, run_folder
+from byol_lib import console, distributed, results, run_folder
 from byol_lib.atomic import write_atomic
 from byol_lib.checkpoint import latest_checkpoint
 from byol_lib.config import Config, ConfigError
@@ -37,7 +37,7 @@ RANDOM_INIT_PREFIX = "random_init_"  # the same predictions of the random-init b
 def build_backbone(cfg: Config) -> ResNet:
     backbone = cfg["model"]["backbone"]
     return ResNet(backbone["depth"], backbone["stem"], backbone["width"], backbone["zero_init_residual"],
-                  backbone["padding"])
+                  backbone["padding"], cfg["cpu_kernels"])
 
 
 def _load_strict(backbone: ResNet, state: Mapping[str, np.ndarray], source: str) -> None:
@@ -210,7 +210,6 @@ def _run_linear_eval(cfg: Config, pretrained: str | None, load: Path | None, eva
                      wait: bool, stack: contextlib.ExitStack) -> Path:
     """The body of ``run_linear_eval``; the run folder is held until ``stack`` closes."""
     ctx = distributed.init(cfg["device"])
-    fast.set_cpu_kernels(cfg["cpu_kernels"])
     pretrained = pretrained or cfg["model"]["backbone"]["pretrained"] or None
     if evaluate_only and load is None:
         raise ConfigError("--evaluate-only needs --load CLASSIFIER_WEIGHTS (a saved classifier.pdparams)")

@@ -17,7 +17,8 @@ rest after, so a stride-2 3x3 on an even input pads 0 before and 1 after; ``symm
 every side as paddle.vision's ResNet in PASSL (D13). The two differ only on strided layers with an even
 input (stride-1 and 1x1 layers pad alike).
 
-On the CPU (float32 batches, when ``byol_lib.fast.use_blas`` says so) the encoder runs in CNHW layout
+On the CPU (float32 batches, when ``byol_lib.fast.use_blas`` says so for the encoder's ``cpu_kernels``, the
+config key given at construction) the encoder runs in CNHW layout
 (channels first, then the batch): convolutions through numpy's BLAS, BatchNorm on the ``[1, C, N*H, W]``
 view, max-pool per plane; same weights, same arithmetic up to float32 summation order. Elsewhere (GPU,
 small CPU batches on several threads, or the config key ``cpu_kernels: paddle``) it is Paddle's NCHW layers as usual.
@@ -170,8 +171,9 @@ class ResNet(nn.Layer):
     """ResNet v1 encoder returning the pooled representation y ([N, channels])."""
 
     def __init__(self, depth: int = 50, stem: str = "imagenet", width: int = 64,
-                 zero_init_residual: bool = False, padding: str = "same") -> None:
+                 zero_init_residual: bool = False, padding: str = "same", cpu_kernels: str = "auto") -> None:
         super().__init__()
+        self.cpu_kernels = fast.check_kernels(cpu_kernels)  # see byol_lib.fast: auto, blas or paddle
         block = Bottleneck if depth == 50 else BasicBlock
         if stem == "imagenet":
             self.conv1 = Conv2D(3, width, 7, 2, padding)
@@ -191,7 +193,7 @@ class ResNet(nn.Layer):
         self.out_channels = cin
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        cnhw = fast.use_blas(x, self.conv1.weight.shape[0])
+        cnhw = fast.use_blas(x, self.conv1.weight.shape[0], self.cpu_kernels)
         if cnhw:  # a [C, N, H, W] tensor is a valid NCHW input of the (per-plane) max-pool
             x = x.transpose([1, 0, 2, 3])
         x = self.maxpool(F.relu(_bn(self.bn1, _conv(self.conv1, x, cnhw), cnhw)))
@@ -218,14 +220,12 @@ class MLP(nn.Layer):
 
 
 class Tower(nn.Layer):
-    """Encoder f followed by projector g: one branch of BYOL."""
+    """Encoder f followed by projector g (``hidden`` -> ``out``): one branch of BYOL."""
 
-    def __init__(self, backbone_cfg: dict[str, Any], neck_cfg: dict[str, Any]) -> None:
+    def __init__(self, encoder: ResNet, hidden: int, out: int, last_bias: bool) -> None:
         super().__init__()
-        self.encoder = ResNet(backbone_cfg["depth"], backbone_cfg["stem"], backbone_cfg["width"],
-                              backbone_cfg["zero_init_residual"], backbone_cfg["padding"])
-        self.projector = MLP(self.encoder.out_channels, neck_cfg["hid_channels"], neck_cfg["out_channels"],
-                             neck_cfg["last_bias"])
+        self.encoder = encoder
+        self.projector = MLP(encoder.out_channels, hidden, out, last_bias)
 
     def forward(self, x: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor]:
         y = self.encoder(x)
@@ -238,17 +238,14 @@ class BYOL(nn.Layer):
     ``forward`` computes everything a training step needs so that ``paddle.DataParallel`` sees one
     call: the symmetric BYOL loss, the cross-entropy of a linear classifier on the detached view-1
     representation (as in JAX and PASSL: it never reaches the encoder), and monitors.
+    ``align_init``: the target starts as a copy of the online weights (else its own draw).
     """
 
-    def __init__(self, model_cfg: dict[str, Any], num_classes: int) -> None:
+    def __init__(self, online: Tower, target: Tower, predictor: MLP, num_classes: int, align_init: bool) -> None:
         super().__init__()
-        self.online = Tower(model_cfg["backbone"], model_cfg["neck"])
-        self.target = Tower(model_cfg["backbone"], model_cfg["neck"])
-        pred = model_cfg["predictor"]
-        self.predictor = MLP(model_cfg["neck"]["out_channels"], pred["hid_channels"], pred["out_channels"],
-                             pred["last_bias"])
+        self.online, self.target, self.predictor = online, target, predictor
         self.classifier = linear(self.online.encoder.out_channels, num_classes)
-        if model_cfg["align_init_network"]:
+        if align_init:
             copy_parameters(self.online, self.target)
         for p in self.target.parameters():
             p.stop_gradient = True
@@ -274,5 +271,20 @@ class BYOL(nn.Layer):
                 "online_accuracy": accuracy, "z_std": z_std}
 
 
+def byol_from_config(model_cfg: dict[str, Any], num_classes: int, cpu_kernels: str = "auto") -> BYOL:
+    """The BYOL network of a config's ``model`` section (parameters drawn online, target, predictor, classifier)."""
+    backbone, neck, pred = model_cfg["backbone"], model_cfg["neck"], model_cfg["predictor"]
+
+    def tower() -> Tower:
+        encoder = ResNet(backbone["depth"], backbone["stem"], backbone["width"], backbone["zero_init_residual"],
+                         backbone["padding"], cpu_kernels)
+        return Tower(encoder, neck["hid_channels"], neck["out_channels"], neck["last_bias"])
+
+    online, target = tower(), tower()
+    predictor = MLP(neck["out_channels"], pred["hid_channels"], pred["out_channels"], pred["last_bias"])
+    return BYOL(online, target, predictor, num_classes, model_cfg["align_init_network"])
+
+
 def build_model(cfg: dict[str, Any]) -> BYOL:
-    return BYOL(cfg["model"], cfg["derived"]["num_classes"])
+    """The BYOL network of a resolved config (its ``model`` section, class count and ``cpu_kernels``)."""
+    return byol_from_config(cfg["model"], cfg["derived"]["num_classes"], cfg["cpu_kernels"])

@@ -24,7 +24,7 @@ from typing import Any
 import paddle
 import paddle.nn as nn
 
-from byol_lib import console, distributed, fast, results, run_folder, runtime
+from byol_lib import console, distributed, results, run_folder, runtime
 from byol_lib.checkpoint import latest_checkpoint, load_checkpoint, resume_state, save_checkpoint
 from byol_lib.config import Config, ConfigError, resolve
 from byol_lib.data.augment import device_augment
@@ -153,7 +153,6 @@ def pretrain(cfg: Config, resume: Path | None = None, verbose: bool = True, wait
 def _pretrain(cfg: Config, ctx: distributed.Context, resume: Path | None, verbose: bool, wait: bool,
               stack: contextlib.ExitStack) -> Path:
     """The body of ``pretrain`` on an initialised device context."""
-    fast.set_cpu_kernels(cfg["cpu_kernels"])
     images = build_dataset(cfg["dataloader"]["train"]["dataset"], "train")
     cfg = resolve(cfg, ctx.world_size, len(images), len(images.classes))
     cfg["derived"]["classes"] = list(images.classes)

@@ -18,7 +18,7 @@ import paddle.distributed as dist  # noqa: E402
 
 import byol_lib  # noqa: E402, F401
 from byol_lib.config import load_config, resolve  # noqa: E402
-from byol_lib.model import BYOL  # noqa: E402
+from byol_lib.model import BYOL, byol_from_config  # noqa: E402
 
 
 def main(out_dir: Path) -> None:
@@ -31,7 +31,7 @@ def main(out_dir: Path) -> None:
 
     def fresh_model() -> BYOL:
         paddle.seed(0)
-        return BYOL(cfg["model"], 10)
+        return byol_from_config(cfg["model"], 10)
 
     plain = fresh_model()
     plain(*views, labels)["loss"].backward()

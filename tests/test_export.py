@@ -19,7 +19,7 @@ import pytest
 from byol_lib.checkpoint import save_checkpoint
 from byol_lib.config import load_config, resolve
 from byol_lib.export import convert_main, extract_main, paddleclas_keys, to_paddleclas
-from byol_lib.model import BYOL, ResNet
+from byol_lib.model import BYOL, ResNet, byol_from_config
 from byol_lib.optim import LARS
 
 from .conftest import ROOT, TINY_CONFIG
@@ -110,7 +110,7 @@ def ours(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, BYOL]:
     """A checkpoint written by ``save_checkpoint`` from a tiny BYOL (ImageNet stem, ResNet-18 width 8)."""
     cfg = resolve(load_config(TINY_CONFIG, ["model.backbone.stem=imagenet"]), 1, 128, 10)
     paddle.seed(0)
-    model = BYOL(cfg["model"], 10)
+    model = byol_from_config(cfg["model"], 10)
     model.online.encoder.set_state_dict(random_backbone(18, seed=1))  # online != target, BN statistics too
     model.eval()
     path = save_checkpoint(tmp_path_factory.mktemp("ours"), 5, model, LARS(model.online_parameters()), {}, keep=1)

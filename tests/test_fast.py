@@ -6,7 +6,6 @@ import copy
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,27 +22,25 @@ from byol_lib.train import build_optimizer, pretrain
 from tests.conftest import TINY_CONFIG
 
 
-@pytest.fixture()
-def kernels() -> Iterator[None]:
-    """Restore the process-wide kernel switch after a test."""
-    before = fast.cpu_kernels()
-    yield
-    fast.set_cpu_kernels(before)
-
-
 def _close(got: np.ndarray, want: np.ndarray, rtol: float, name: str, floor: float = 1e-12) -> None:
     """Relative to the largest magnitude (plus ``floor`` for tensors near 0): float32 GEMMs sum in another order."""
     scale = float(np.abs(want).max()) + floor
     assert float(np.abs(got - want).max()) <= rtol * scale, name
 
 
+@pytest.mark.parametrize("blocked", [False, True])  # True: one image per im2col block (one thread)
 @pytest.mark.parametrize("padding", ["same", "symmetric"])
 @pytest.mark.parametrize(("cin", "cout", "size", "kernel", "stride"), [
     (3, 8, 9, 3, 1), (5, 6, 8, 3, 2), (5, 6, 9, 3, 2), (4, 7, 8, 1, 2), (4, 4, 6, 1, 1), (3, 5, 11, 7, 2),
     (3, 5, 12, 7, 2),
 ])
-def test_conv_matches_paddle_forward_and_gradients(cin: int, cout: int, size: int, kernel: int,
-                                                   stride: int, padding: str) -> None:
+def test_conv_matches_paddle_forward_and_gradients(cin: int, cout: int, size: int, kernel: int, stride: int,
+                                                   padding: str, blocked: bool,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    if blocked:
+        monkeypatch.setattr(fast, "BLOCK_BYTES", 1)
+        monkeypatch.setattr(runtime, "threads", lambda: 1)
+        assert fast._chunk(3, cin, kernel, size, size) == (3 if kernel == 1 else 1)
     rng = np.random.default_rng(0)
     x_np = rng.standard_normal((3, cin, size, size + 1)).astype(np.float32)  # one odd and one even axis
     w_np = rng.standard_normal((cout, cin, kernel, kernel)).astype(np.float32)
@@ -77,43 +74,39 @@ def test_conv_without_input_gradient_and_without_autograd() -> None:
 
 
 @pytest.mark.parametrize(("stem", "padding"), [("cifar", "same"), ("imagenet", "same"), ("imagenet", "symmetric")])
-def test_encoder_matches_in_train_and_eval_mode(stem: str, padding: str, kernels: None) -> None:
+def test_encoder_matches_in_train_and_eval_mode(stem: str, padding: str) -> None:
     paddle.seed(1)
-    net = ResNet(18, stem, width=4, padding=padding)
+    net = ResNet(18, stem, width=4, padding=padding, cpu_kernels="paddle")
     twin = copy.deepcopy(net)
+    twin.cpu_kernels = "blas"
     x = paddle.randn([4, 3, 32, 32])
     for training in (True, False):
         for layer in (net, twin):
             layer.train() if training else layer.eval()
-        fast.set_cpu_kernels("paddle")
         want = net(x)
-        fast.set_cpu_kernels("blas")
         got = twin(x)
         _close(got.numpy(), want.numpy(), 1e-5, f"features (training={training})")
     for (name, a), b in zip(net.state_dict().items(), twin.state_dict().values(), strict=True):
         _close(b.numpy(), a.numpy(), 1e-5, name)  # BN running statistics updated alike
 
 
-def test_auto_uses_blas_on_one_thread_or_for_large_cpu_batches(kernels: None) -> None:
-    fast.set_cpu_kernels("auto")
+def test_auto_uses_blas_on_one_thread_or_for_large_cpu_batches() -> None:
     before = runtime.threads()
     try:
         runtime.set_threads(2)
-        assert fast.use_blas(paddle.zeros([128, 3, 32, 32]), 16)
-        assert not fast.use_blas(paddle.zeros([128, 3, 32, 32]), 8)  # the default preset on 2 threads: no gain
-        assert not fast.use_blas(paddle.zeros([32, 3, 16, 16]), 8)
+        assert fast.use_blas(paddle.zeros([128, 3, 32, 32]), 16, "auto")
+        assert not fast.use_blas(paddle.zeros([128, 3, 32, 32]), 8, "auto")  # the default preset on 2 threads
+        assert not fast.use_blas(paddle.zeros([32, 3, 16, 16]), 8, "auto")
         runtime.set_threads(1)
-        assert fast.use_blas(paddle.zeros([128, 3, 32, 32]), 8)  # 1.22x on one thread
-        assert fast.use_blas(paddle.zeros([32, 3, 16, 16]), 8)
-        assert not fast.use_blas(paddle.zeros([128, 3, 32, 32], dtype="float64"), 8)
+        assert fast.use_blas(paddle.zeros([128, 3, 32, 32]), 8, "auto")
+        assert fast.use_blas(paddle.zeros([32, 3, 16, 16]), 8, "auto")
+        assert not fast.use_blas(paddle.zeros([128, 3, 32, 32], dtype="float64"), 8, "auto")
     finally:
         runtime.set_threads(before)
-    fast.set_cpu_kernels("blas")
-    assert fast.use_blas(paddle.zeros([2, 3, 8, 8]), 8)
-    fast.set_cpu_kernels("paddle")
-    assert not fast.use_blas(paddle.zeros([128, 3, 32, 32]), 64)
+    assert fast.use_blas(paddle.zeros([2, 3, 8, 8]), 8, "blas")
+    assert not fast.use_blas(paddle.zeros([128, 3, 32, 32]), 64, "paddle")
     with pytest.raises(ValueError, match="cpu kernels must be one of"):
-        fast.set_cpu_kernels("mkl")
+        ResNet(18, "cifar", width=4, cpu_kernels="mkl")
 
 
 def _train(kernels: str, steps: int) -> tuple[list[float], dict[str, np.ndarray]]:
@@ -121,7 +114,7 @@ def _train(kernels: str, steps: int) -> tuple[list[float], dict[str, np.ndarray]
     cfg = load_config(None, ["dataloader.train.dataset.name=Synthetic", "model.backbone.depth=18",
                              "model.backbone.width=8", "model.backbone.stem=cifar", "model.neck.hid_channels=64",
                              "model.neck.out_channels=16", "model.predictor.hid_channels=64",
-                             "model.predictor.out_channels=16"])
+                             "model.predictor.out_channels=16", f"cpu_kernels={kernels}"])
     cfg = resolve(cfg, 1, 1000, 10)
     paddle.seed(0)
     model = build_model(cfg)
@@ -129,7 +122,6 @@ def _train(kernels: str, steps: int) -> tuple[list[float], dict[str, np.ndarray]
     rng = np.random.default_rng(0)
     views = [paddle.to_tensor(rng.standard_normal((16, 3, 16, 16)).astype(np.float32)) for _ in range(2)]
     labels = paddle.to_tensor(rng.integers(0, 10, 16))
-    fast.set_cpu_kernels(kernels)
     losses = []
     for step in range(steps):
         out = model(views[0], views[1], labels)
@@ -142,7 +134,7 @@ def _train(kernels: str, steps: int) -> tuple[list[float], dict[str, np.ndarray]
 
 
 @pytest.mark.parametrize(("steps", "rtol"), [(1, 5e-5), (2, 2e-4)])
-def test_training_steps_match_the_paddle_kernels(steps: int, rtol: float, kernels: None) -> None:
+def test_training_steps_match_the_paddle_kernels(steps: int, rtol: float) -> None:
     """Same initial weights and batch: losses and every weight and BN statistic after the steps agree.
 
     Float32 summation-order differences grow through LARS and BatchNorm (2e-5 after one step, 5e-5 after
@@ -157,16 +149,17 @@ def test_training_steps_match_the_paddle_kernels(steps: int, rtol: float, kernel
         _close(got[key], want[key], rtol, key, floor=1e-3)
 
 
-def test_config_key_cpu_kernels_selects_the_kernels_of_a_run(tmp_path: Path, kernels: None) -> None:
-    """``cpu_kernels`` is validated, picks the kernels of a run, and leaves the run's numbers (nearly) unchanged."""
+def test_config_key_cpu_kernels_selects_the_kernels_of_a_run(tmp_path: Path) -> None:
+    """``cpu_kernels`` is validated, picks the kernels of a run (float32 sums in another order: the losses differ
+    in their last bits), and leaves the run's numbers nearly unchanged."""
     with pytest.raises(ConfigError, match="cpu_kernels"):
         load_config(TINY_CONFIG, ["cpu_kernels=mkl"])
     losses = {}
     for choice in ("paddle", "blas"):
         cfg = load_config(TINY_CONFIG, [f"output_dir={tmp_path / choice}", f"cpu_kernels={choice}", "epochs=1"])
         run = pretrain(cfg, verbose=False)
-        assert fast.cpu_kernels() == choice
         losses[choice] = [row["loss"] for row in read_metrics(run)]
+    assert losses["blas"] != losses["paddle"]
     np.testing.assert_allclose(losses["blas"], losses["paddle"], rtol=1e-4)
 
 
@@ -201,7 +194,7 @@ def test_user_openblas_threads_are_left_alone() -> None:
     assert out[-3:] == ["parent", "2", "1"]
 
 
-def test_blas_training_is_bitwise_reproducible(kernels: None) -> None:
+def test_blas_training_is_bitwise_reproducible() -> None:
     """Aligned buffers: the same steps give the same bits (resume after a crash stays bit-identical)."""
     first_losses, first = _train("blas", 2)
     second_losses, second = _train("blas", 2)

@@ -10,7 +10,7 @@ import pytest
 
 from byol_lib.config import load_config, resolve
 from byol_lib.ema import update_target, weights
-from byol_lib.model import BYOL, Conv2D, MaxPool, ResNet, linear
+from byol_lib.model import BYOL, Conv2D, MaxPool, ResNet, byol_from_config, linear
 from byol_lib.optim import LARS, excluded_by_name
 
 from .conftest import TINY_CONFIG
@@ -19,7 +19,7 @@ from .conftest import TINY_CONFIG
 def tiny_model(*overrides: str) -> BYOL:
     cfg = resolve(load_config(TINY_CONFIG, overrides), 1, 128, 10)
     paddle.seed(0)
-    return BYOL(cfg["model"], 10)
+    return byol_from_config(cfg["model"], 10)
 
 
 def batch(n: int = 8, size: int = 16) -> tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor]:
@@ -178,7 +178,7 @@ def test_multi_gpu_runs_synchronise_every_batch_norm(sync_predictor: bool) -> No
 
     cfg = resolve(load_config(TINY_CONFIG, [f"model.sync_predictor_bn={sync_predictor}"]), 2, 128, 10)
     paddle.seed(0)
-    model = BYOL(cfg["model"], 10)
+    model = byol_from_config(cfg["model"], 10)
     before = {k: v.numpy().copy() for k, v in model.state_dict().items()}
     synchronise_batch_norm(model, cfg, Context(rank=0, world_size=2, device="gpu:0"))
     kinds = {name: type(layer).__name__ for name, layer in model.named_sublayers()}
@@ -196,6 +196,6 @@ def test_cpu_runs_keep_plain_batch_norm() -> None:
     from byol_lib.train import synchronise_batch_norm
 
     cfg = resolve(load_config(TINY_CONFIG), 2, 128, 10)
-    model = BYOL(cfg["model"], 10)
+    model = byol_from_config(cfg["model"], 10)
     synchronise_batch_norm(model, cfg, Context(rank=0, world_size=2, device="cpu"))
     assert not any(type(layer).__name__ == "SyncBatchNorm" for layer in model.sublayers())

@@ -19,7 +19,7 @@ import pytest
 from byol_lib.config import load_config
 from byol_lib.data import augment as A
 from byol_lib.data.loader import TwoViewDataset
-from byol_lib.model import BYOL
+from byol_lib.model import byol_from_config
 from byol_lib.variants import BASELINE, Variant, load_grid, variant_config
 
 from .conftest import ROOT, TINY_CONFIG
@@ -128,7 +128,7 @@ def test_removing_blur_leaves_the_views_bit_identical(monkeypatch: pytest.Monkey
 
 def _initial_weights(cfg: dict[str, Any]) -> dict[str, np.ndarray]:
     paddle.seed(cfg["seed"])
-    model = BYOL(cfg["model"], 10)
+    model = byol_from_config(cfg["model"], 10)
     return {k: v.numpy() for k, v in model.state_dict().items()}
 
 

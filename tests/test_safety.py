@@ -19,7 +19,7 @@ from byol_lib.checkpoint import list_checkpoints, save_checkpoint
 from byol_lib.cli import main
 from byol_lib.config import ConfigError, load_config, resolve
 from byol_lib.export import convert_file, extract_file
-from byol_lib.model import BYOL, ResNet
+from byol_lib.model import ResNet, byol_from_config
 from byol_lib.optim import LARS
 from byol_lib.results import read_metrics, read_summary
 from byol_lib.run_folder import LOCK
@@ -205,7 +205,7 @@ def test_resume_from_a_loose_file_writes_under_output_dir(tmp_path: Path, tiny_r
 
 def _wrong_width_checkpoint(folder: Path) -> Path:
     cfg = resolve(load_config(TINY_CONFIG, ["model.backbone.width=16"]), 1, 128, 10)
-    model = BYOL(cfg["model"], 10)
+    model = byol_from_config(cfg["model"], 10)
     return save_checkpoint(folder, 2, model, LARS(model.online_parameters()), {}, keep=1)
 
 
