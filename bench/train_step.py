@@ -21,7 +21,8 @@ peak RSS (of the whole process; ``--only NAME`` runs one step kind alone for its
 ``--torch-anchor SCRIPT --torch-python PYTHON`` (``byol_step_torch.py``, a PyTorch eager BYOL step of the
 same network, in a venv with torch) each round also runs the anchor once in its own process (same width,
 threads, batch), interleaved, and the ratios to its median are printed; ``--torch IMAGES_PER_S`` gives its
-number instead. A benchmark, never a test.
+number instead. Images per CPU-second (process CPU time) are printed beside: on a shared machine another
+process steals wall time from a one-thread step but not CPU time. A benchmark, never a test.
 """
 
 from __future__ import annotations
@@ -148,17 +149,19 @@ def project_step(args: argparse.Namespace, views: list[paddle.Tensor], labels: p
     return step
 
 
-def torch_anchor(args: argparse.Namespace) -> Callable[[], float]:
-    """One run of the PyTorch anchor script (``--torch-anchor``) in its own interpreter: its images/s."""
+def torch_anchor(args: argparse.Namespace) -> Callable[[], tuple[float, float]]:
+    """One run of the PyTorch anchor script (``--torch-anchor``) in its own interpreter: its images/s and images
+    per CPU-second (images/s over its printed cpu utilisation)."""
     command = [args.torch_python, args.torch_anchor, "--width", str(args.width), "--threads", str(args.threads),
                "--batch", str(args.batch), "--image-size", str(args.size), "--warmup", "1", "--steps", "1"]
 
-    def run() -> float:
+    def run() -> tuple[float, float]:
         out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-        found = re.search(r"^THROUGHPUT ([\d.]+)", out, re.MULTILINE)
-        if found is None:
-            raise RuntimeError(f"{args.torch_anchor} printed no THROUGHPUT line:\n{out}")
-        return float(found.group(1))
+        rate = re.search(r"^THROUGHPUT ([\d.]+)", out, re.MULTILINE)
+        cores = re.search(r"^cpu utilisation .* = ([\d.]+) cores", out, re.MULTILINE)
+        if rate is None or cores is None:
+            raise RuntimeError(f"{args.torch_anchor} printed no THROUGHPUT or cpu utilisation line:\n{out}")
+        return float(rate.group(1)), float(rate.group(1)) / float(cores.group(1))
 
     return run
 
@@ -196,13 +199,15 @@ def main() -> None:
     steps = {name: builders[name]() for name in names}
     anchor = torch_anchor(args) if args.torch_anchor else None
     times: dict[str, list[float]] = {name: [] for name in names}
-    torch_rates: list[float] = []
+    cpu_times: dict[str, list[float]] = {name: [] for name in names}  # a busy machine steals wall time, not CPU
+    torch_rates: list[tuple[float, float]] = []
     for repeat in range(args.steps + 1):
         for name, step in steps.items():
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             step()
             if repeat:  # the first round is warm-up
                 times[name].append(time.perf_counter() - start)
+                cpu_times[name].append(time.process_time() - cpu_start)
         if anchor and repeat:
             torch_rates.append(anchor())
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this process only, not the anchor
@@ -212,14 +217,18 @@ def main() -> None:
           f"{runtime.blas_threads()} threads (numpy BLAS); medians of {args.steps} interleaved steps; fast = "
           f"{'numpy-BLAS' if fast.use_blas(views[0], args.width, 'auto') else 'Paddle'} convolutions")
     rates = {name: args.batch / statistics.median(t) for name, t in times.items()}
+    per_cpu = {name: args.batch / statistics.median(t) for name, t in cpu_times.items()}
     if torch_rates:
-        rates["pytorch"] = statistics.median(torch_rates)
+        rates["pytorch"] = statistics.median(rate for rate, _ in torch_rates)
+        per_cpu["pytorch"] = statistics.median(rate for _, rate in torch_rates)
     reference = rates.get("pytorch", args.torch)
     for name, rate in rates.items():
         ratio = f"  {rate / rates['naive']:5.2f}x naive" if "naive" in rates else ""
         if reference:
             ratio += f"  {rate / reference:5.2f}x PyTorch"
-        print(f"  {name:8s} {rate:7.2f} images/s  ({args.batch / rate * 1000:7.0f} ms/step){ratio}")
+        cpu_ratio = f", {per_cpu[name] / per_cpu['pytorch']:5.2f}x PyTorch" if "pytorch" in per_cpu else ""
+        print(f"  {name:8s} {rate:7.2f} images/s  ({args.batch / rate * 1000:7.0f} ms/step){ratio}  "
+              f"[{per_cpu[name]:7.2f} images per CPU-second{cpu_ratio}]")
     if args.torch and not torch_rates:
         print(f"  pytorch  {args.torch:7.2f} images/s  (given with --torch)")
     print(f"  peak RSS {rss_mb:.0f} MB ({'+'.join(names)} in one process)")

@@ -94,21 +94,38 @@ def batch_norm(channels: int, zero_scale: bool = False) -> nn.BatchNorm2D:
                           weight_attr=paddle.ParamAttr(initializer=scale))
 
 
-def _conv(layer: Conv2D, x: paddle.Tensor, cnhw: bool) -> paddle.Tensor:
-    """``layer(x)``, or the same convolution of a CNHW ``x`` through the numpy-BLAS kernel."""
-    if not cnhw:
+def _conv(layer: Conv2D, x: paddle.Tensor, views: int) -> paddle.Tensor:
+    """``layer(x)`` (``views`` 0: NCHW), or the same convolution of a CNHW ``x`` through the numpy-BLAS kernel."""
+    if not views:
         return layer(x)
     return fast.conv2d_cnhw(x, layer.weight, layer._stride[0], layer.pads(*x.shape[2:]))
 
 
-def _bn(layer: nn.BatchNorm2D, x: paddle.Tensor, cnhw: bool) -> paddle.Tensor:
-    """``layer(x)``, or the same train/eval-mode BatchNorm of a CNHW ``x`` (statistics over N, H, W)."""
-    if not cnhw:
+def _bn(layer: nn.BatchNorm2D, x: paddle.Tensor, views: int) -> paddle.Tensor:
+    """``layer(x)`` (``views`` 0: NCHW), or the same train/eval-mode BatchNorm of a CNHW ``x`` made of ``views``
+    equal batches (statistics over N, H, W of each view; in training the running statistics move once per view,
+    in view order, exactly as if the views had run one after another)."""
+    if not views:
         return layer(x)
     c, n, h, w = x.shape
-    out = F.batch_norm(x.reshape([1, c, n * h, w]), layer._mean, layer._variance, weight=layer.weight,
-                       bias=layer.bias, training=layer.training, momentum=layer._momentum, epsilon=layer._epsilon,
-                       use_global_stats=layer._use_global_stats)
+    if views == 1 or not layer.training or layer._use_global_stats:  # global statistics: views are irrelevant
+        out = F.batch_norm(x.reshape([1, c, n * h, w]), layer._mean, layer._variance, weight=layer.weight,
+                           bias=layer.bias, training=layer.training, momentum=layer._momentum,
+                           epsilon=layer._epsilon, use_global_stats=layer._use_global_stats)
+        return out.reshape([c, n, h, w])
+    # [C, V*N, H, W] is [C*V, N*H*W] in memory: channel-major, then view; one BatchNorm over C*V channels
+    momentum = layer._momentum
+    moved_mean, moved_var = layer._mean.repeat_interleave(views), layer._variance.repeat_interleave(views)
+    out = F.batch_norm(x.reshape([1, c * views, n // views * h, w]), moved_mean, moved_var,
+                       weight=layer.weight.repeat_interleave(views), bias=layer.bias.repeat_interleave(views),
+                       training=True, momentum=momentum, epsilon=layer._epsilon)
+    with paddle.no_grad():  # moved_v = m r0 + (1 - m) s_v; in sequence r_v = m r_(v-1) + (1 - m) s_v
+        for running, moved in ((layer._mean, moved_mean), (layer._variance, moved_var)):
+            steps = moved.reshape([c, views]) - momentum * running.unsqueeze(1)
+            value = running
+            for v in range(views):
+                value = momentum * value + steps[:, v]
+            paddle.assign(value, running)
     return out.reshape([c, n, h, w])
 
 
@@ -129,10 +146,10 @@ class BasicBlock(nn.Layer):
         self.conv2, self.bn2 = Conv2D(width, cout, 3, 1, padding), batch_norm(cout, zero_init_residual)
         self.downsample = _shortcut(cin, cout, stride, padding)
 
-    def forward(self, x: paddle.Tensor, cnhw: bool = False) -> paddle.Tensor:
-        out = F.relu(_bn(self.bn1, _conv(self.conv1, x, cnhw), cnhw))
-        out = _bn(self.bn2, _conv(self.conv2, out, cnhw), cnhw)
-        return F.relu(out + _shortcut_forward(self.downsample, x, cnhw))
+    def forward(self, x: paddle.Tensor, views: int = 0) -> paddle.Tensor:
+        out = F.relu(_bn(self.bn1, _conv(self.conv1, x, views), views))
+        out = _bn(self.bn2, _conv(self.conv2, out, views), views)
+        return F.relu(out + _shortcut_forward(self.downsample, x, views))
 
 
 class Bottleneck(nn.Layer):
@@ -148,11 +165,11 @@ class Bottleneck(nn.Layer):
         self.conv3, self.bn3 = Conv2D(width, cout, 1, 1, padding), batch_norm(cout, zero_init_residual)
         self.downsample = _shortcut(cin, cout, stride, padding)
 
-    def forward(self, x: paddle.Tensor, cnhw: bool = False) -> paddle.Tensor:
-        out = F.relu(_bn(self.bn1, _conv(self.conv1, x, cnhw), cnhw))
-        out = F.relu(_bn(self.bn2, _conv(self.conv2, out, cnhw), cnhw))
-        out = _bn(self.bn3, _conv(self.conv3, out, cnhw), cnhw)
-        return F.relu(out + _shortcut_forward(self.downsample, x, cnhw))
+    def forward(self, x: paddle.Tensor, views: int = 0) -> paddle.Tensor:
+        out = F.relu(_bn(self.bn1, _conv(self.conv1, x, views), views))
+        out = F.relu(_bn(self.bn2, _conv(self.conv2, out, views), views))
+        out = _bn(self.bn3, _conv(self.conv3, out, views), views)
+        return F.relu(out + _shortcut_forward(self.downsample, x, views))
 
 
 def _shortcut(cin: int, cout: int, stride: int, padding: str) -> nn.Sequential | None:
@@ -161,10 +178,10 @@ def _shortcut(cin: int, cout: int, stride: int, padding: str) -> nn.Sequential |
     return nn.Sequential(Conv2D(cin, cout, 1, stride, padding), batch_norm(cout))
 
 
-def _shortcut_forward(downsample: nn.Sequential | None, x: paddle.Tensor, cnhw: bool) -> paddle.Tensor:
+def _shortcut_forward(downsample: nn.Sequential | None, x: paddle.Tensor, views: int) -> paddle.Tensor:
     if downsample is None:
         return x
-    return _bn(downsample[1], _conv(downsample[0], x, cnhw), cnhw)
+    return _bn(downsample[1], _conv(downsample[0], x, views), views)
 
 
 class ResNet(nn.Layer):
@@ -192,15 +209,21 @@ class ResNet(nn.Layer):
             setattr(self, f"layer{stage + 1}", nn.Sequential(*layers))
         self.out_channels = cin
 
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        cnhw = fast.use_blas(x, self.conv1.weight.shape[0], self.cpu_kernels)
-        if cnhw:  # a [C, N, H, W] tensor is a valid NCHW input of the (per-plane) max-pool
-            x = x.transpose([1, 0, 2, 3])
-        x = self.maxpool(F.relu(_bn(self.bn1, _conv(self.conv1, x, cnhw), cnhw)))
+    def forward(self, x: paddle.Tensor, views: int = 1) -> paddle.Tensor:
+        """Representations ``[views*N, channels]`` of ``x``, ``views`` equal batches one after another along the
+        batch axis, each normalised with its own BatchNorm statistics (as separate calls would; on the CNHW
+        path one pass over all of them, else one call per view)."""
+        if not fast.use_blas(x, self.conv1.weight.shape[0], self.cpu_kernels):
+            return paddle.concat([self._forward(part, 0) for part in paddle.split(x, views)]) if views > 1 \
+                else self._forward(x, 0)
+        return self._forward(x.transpose([1, 0, 2, 3]), views)  # a CNHW tensor is a valid NCHW max-pool input
+
+    def _forward(self, x: paddle.Tensor, views: int) -> paddle.Tensor:
+        x = self.maxpool(F.relu(_bn(self.bn1, _conv(self.conv1, x, views), views)))
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             for block in stage:
-                x = block(x, cnhw)
-        return x.mean(axis=[2, 3]).t() if cnhw else x.mean(axis=[2, 3])
+                x = block(x, views)
+        return x.mean(axis=[2, 3]).t() if views else x.mean(axis=[2, 3])
 
 
 class MLP(nn.Layer):
@@ -227,9 +250,11 @@ class Tower(nn.Layer):
         self.encoder = encoder
         self.projector = MLP(encoder.out_channels, hidden, out, last_bias)
 
-    def forward(self, x: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor]:
-        y = self.encoder(x)
-        return y, self.projector(y)
+    def forward(self, x: paddle.Tensor, views: int = 1) -> tuple[paddle.Tensor, paddle.Tensor]:
+        """``(y, z)`` of ``x`` made of ``views`` equal batches, each with its own BatchNorm statistics."""
+        y = self.encoder(x, views)
+        z = paddle.concat([self.projector(part) for part in paddle.split(y, views)]) if views > 1 else self.projector(y)
+        return y, z
 
 
 class BYOL(nn.Layer):
@@ -255,12 +280,12 @@ class BYOL(nn.Layer):
         return [*weights(self.online), *weights(self.predictor), *weights(self.classifier)]
 
     def forward(self, view1: paddle.Tensor, view2: paddle.Tensor, labels: paddle.Tensor) -> dict[str, paddle.Tensor]:
-        y1, z1 = self.online(view1)
-        _, z2 = self.online(view2)
+        both = paddle.concat([view1, view2])  # one pass, per-view BatchNorm: the same as two calls
+        y, z = self.online(both, 2)
+        y1, (z1, z2) = y[:view1.shape[0]], paddle.split(z, 2)
         p1, p2 = self.predictor(z1), self.predictor(z2)
         with paddle.no_grad():
-            _, t1 = self.target(view1)
-            _, t2 = self.target(view2)
+            t1, t2 = paddle.split(self.target(both, 2)[1], 2)
         byol = byol_loss(p1, p2, t1.detach(), t2.detach())
         logits = self.classifier(y1.detach())
         classif = F.cross_entropy(logits, labels.reshape([-1, 1]))

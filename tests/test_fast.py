@@ -90,6 +90,36 @@ def test_encoder_matches_in_train_and_eval_mode(stem: str, padding: str) -> None
         _close(b.numpy(), a.numpy(), 1e-5, name)  # BN running statistics updated alike
 
 
+@pytest.mark.parametrize("kernels", ["blas", "paddle"])
+def test_views_in_one_pass_match_separate_calls(kernels: str) -> None:
+    """Two views through the encoder at once (``views=2``) normalise each with its own BatchNorm statistics: over
+    three training passes the features, weight gradients and running statistics equal two separate calls."""
+    paddle.seed(2)
+    joint = ResNet(18, "cifar", width=4, cpu_kernels=kernels)
+    separate = copy.deepcopy(joint)
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        views = [paddle.to_tensor(rng.standard_normal((4, 3, 16, 16)).astype(np.float32)) for _ in range(2)]
+        views[1] = views[1] * 3.0 + 1.0  # other statistics than view 1: pooled statistics would show
+        projection = paddle.to_tensor(rng.standard_normal((8, 32)).astype(np.float32))
+        got = joint(paddle.concat(views), 2)
+        want = paddle.concat([separate(views[0]), separate(views[1])])
+        _close(got.numpy(), want.numpy(), 1e-5, "features")
+        (got * projection).sum().backward()
+        (want * projection).sum().backward()
+        trained = [(name, a, b) for (name, a), b in zip(separate.named_parameters(), joint.parameters(), strict=True)
+                   if not a.stop_gradient]  # BatchNorm's running statistics are parameters without gradients
+        for name, a, b in trained:
+            _close(b.grad.numpy(), a.grad.numpy(), 5e-5, f"gradient of {name}")  # BN sums in another order
+            a.clear_gradient()
+            b.clear_gradient()
+    for (name, a), b in zip(separate.state_dict().items(), joint.state_dict().values(), strict=True):
+        _close(b.numpy(), a.numpy(), 1e-6, name)
+    pooled = ResNet(18, "cifar", width=4, cpu_kernels=kernels)
+    pooled.set_state_dict(separate.state_dict())
+    assert float((pooled(paddle.concat(views), 1) - got).abs().max()) > 1e-2  # one batch of both views differs
+
+
 def test_auto_uses_blas_on_one_thread_or_for_large_cpu_batches() -> None:
     before = runtime.threads()
     try:
