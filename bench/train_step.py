@@ -151,7 +151,8 @@ def project_step(args: argparse.Namespace, views: list[paddle.Tensor], labels: p
 
 def torch_anchor(args: argparse.Namespace) -> Callable[[], tuple[float, float]]:
     """One run of the PyTorch anchor script (``--torch-anchor``) in its own interpreter: its images/s and images
-    per CPU-second (images/s over its printed cpu utilisation)."""
+    per CPU-second (images/s over its printed cpu utilisation). Not its peak RSS: a forked child starts with this
+    process's high-water mark, so run the anchor from a shell for that."""
     command = [args.torch_python, args.torch_anchor, "--width", str(args.width), "--threads", str(args.threads),
                "--batch", str(args.batch), "--image-size", str(args.size), "--warmup", "1", "--steps", "1"]
 

@@ -8,11 +8,12 @@ through residual blocks, BatchNorm running statistics left unchanged, crashes on
 
 ``conv2d_cnhw`` computes the same cross-correlation on CNHW activations (``[C, N, H, W]``: channels
 first, then the batch) as GEMMs over blocks of images, ``[Cout, Cin*k*k] @ [Cin*k*k, n*Ho*Wo]`` with ``n``
-images per block so that the block's im2col matrix (about ``BLOCK_BYTES``) stays in cache (im2col in numpy,
-the GEMM in numpy's BLAS, zero-copy exchange with Paddle through DLPack). Backward, block by block from the
-saved input (the im2col matrices are recomputed, never stored: at width 64 they were two thirds of the step's
-peak memory): ``dW = sum (cols @ dY^T)^T``; ``dX`` is the convolution of ``dY`` with the flipped kernel
-(stride 1, symmetric padding) or ``W^T @ dY`` summed back (col2im). Padding is explicit per side (top,
+images per block: on one thread the block's im2col matrix is about ``BLOCK_BYTES`` and stays in cache, on
+several at most ``SHARED_BLOCK_BYTES`` (im2col in numpy, the GEMM in numpy's BLAS, zero-copy exchange with
+Paddle through DLPack). Backward, block by block from the saved input (the im2col matrices are recomputed,
+never stored: at width 64 they were two thirds of the step's peak memory): ``dW = sum (cols @ dY^T)^T``;
+``dX`` is the convolution of ``dY`` with the flipped kernel (stride 1, symmetric padding) or ``W^T @ dY``
+summed back (col2im). Padding is explicit per side (top,
 bottom, left, right), so JAX's asymmetric 'SAME' and paddle.vision's symmetric padding (``model.spatial_pads``)
 take the same code. Results equal Paddle's kernels up to float32 summation order.
 
@@ -58,6 +59,7 @@ def use_blas(x: paddle.Tensor, stem_channels: int, kernels: str) -> bool:
 Pads = tuple[int, int, int, int]  # top, bottom, left, right
 
 BLOCK_BYTES = 2**21  # im2col block of the blocked convolution on one thread (L2-sized; tests shrink it)
+SHARED_BLOCK_BYTES = 2**26  # several threads: >= 7,000-column GEMMs at width 64 (or the batch); 64 MB at most
 _ALIGN = 64  # bytes, as Paddle's CPU allocator: BLAS and reduction kernels sum in an address-dependent order
 
 
@@ -148,11 +150,11 @@ def _out_size(size: int, k: int, stride: int, before: int, after: int) -> int:
 
 
 def _chunk(n: int, cin: int, k: int, ho: int, wo: int) -> int:
-    """Images per block of the blocked convolution: an im2col block of about ``BLOCK_BYTES`` on one thread; the
-    whole batch for 1x1 kernels (no im2col) and on several threads (BLAS splits small GEMMs at a loss)."""
-    if k == 1 or runtime.threads() > 1:
-        return n
-    return max(1, min(n, BLOCK_BYTES // (4 * cin * k * k * ho * wo)))
+    """Images per block of the blocked convolution: an im2col block of about ``BLOCK_BYTES`` on one thread (it
+    stays in cache), of at most ``SHARED_BLOCK_BYTES`` on several (BLAS splits small GEMMs at a loss; the cap
+    bounds the transient memory); the whole batch for 1x1 kernels (no im2col)."""
+    budget = BLOCK_BYTES if runtime.threads() == 1 else SHARED_BLOCK_BYTES
+    return n if k == 1 else max(1, min(n, budget // (4 * cin * k * k * ho * wo)))
 
 
 def _images(a: np.ndarray, start: int, stop: int) -> np.ndarray:
