@@ -180,7 +180,7 @@ def _clear_record(folder: Path) -> None:
 
 def _pretrain(job: Job, settings: Settings, overrides: list[str]) -> dict[str, Any]:
     """Pretrain the job's variant (in this process or launched); return its config."""
-    from byol_lib.distributed import run_pretraining
+    from byol_lib.launch import run_pretraining
 
     try:
         return run_pretraining(job.pretrain_config, overrides, settings.launch.nproc_per_node, settings.launch.gpus,

@@ -67,7 +67,7 @@ def worker_args(args: argparse.Namespace) -> list[str]:
 
 def launch_from_args(args: argparse.Namespace) -> int:
     """``byol pretrain|linear-eval --nproc_per_node N ...``: validate here, then run the workers via the launcher."""
-    from byol_lib.distributed import launch_cli
+    from byol_lib.launch import launch_cli
 
     try:
         check_kind(load_from_args(args), args)

@@ -23,6 +23,7 @@ import yaml
 
 from byol_lib.data.augment import AUGMENT_DEFAULTS, validate_augment
 from byol_lib.data.passl_transforms import TransformListError, augmentation_from_passl
+from byol_lib.schedules import Plan
 
 Config = dict[str, Any]
 
@@ -578,8 +579,8 @@ def passl_loader_length(num_images: int, world_size: int, per_device: int, drop_
     return per_rank // per_device if drop_last else math.ceil(per_rank / per_device)
 
 
-def resolve(cfg: Config, world_size: int, num_images: int, num_classes: int) -> Config:
-    """Add ``derived``: global batch, per-device batch, lr, steps, warm-up, classes. Checks consistency.
+def plan_for(cfg: Config, world_size: int, num_images: int, num_classes: int) -> Plan:
+    """The run's plan: global batch, per-device batch, lr, steps, warm-up, classes. Checks consistency.
 
     ``total_steps`` is the length of the training loop; the lr follows a schedule of ``lr_steps`` and tau one of
     ``tau_steps``. All three are ``epochs x images // global batch`` except with ``loop_length: passl_epochs``
@@ -589,7 +590,6 @@ def resolve(cfg: Config, world_size: int, num_images: int, num_classes: int) -> 
     ``global_batch_size``, else the real one; the default peak lr and warm-up use it too), as in PASSL, and both
     schedules are periodic past their end.
     """
-    cfg = copy.deepcopy(cfg)
     sampler = cfg["dataloader"]["train"]["sampler"]
     configured = cfg["global_batch_size"]
     if cfg["loop_length"] == "passl_epochs":  # D10: PASSL's per-process batch is the sampler's
@@ -653,22 +653,19 @@ def resolve(cfg: Config, world_size: int, num_images: int, num_classes: int) -> 
             raise ConfigError(f"key '{key}' = {given} but the network gives {expected} channels there")
     if cfg["model"]["num_classes"] is not None:
         num_classes = cfg["model"]["num_classes"]
-    cfg["derived"] = {
-        "world_size": world_size,
-        "per_device_batch": per_device,
-        "global_batch": global_batch,
-        "schedule_batch": schedule_batch,
-        "num_images": total_images,
-        "num_classes": num_classes,
-        "steps_per_epoch": steps_per_epoch,
-        "total_steps": loop_steps,
-        "lr_steps": lr_steps,
-        "tau_steps": total_steps,
-        "warmup_steps": warmup,
-        "peak_lr": peak_lr,
-        "backbone_channels": in_channels,
-    }
-    return cfg
+    return Plan(
+        world_size=world_size, per_device_batch=per_device, global_batch=global_batch,
+        schedule_batch=schedule_batch, num_images=total_images, num_classes=num_classes,
+        steps_per_epoch=steps_per_epoch, total_steps=loop_steps, lr_steps=lr_steps, tau_steps=total_steps,
+        warmup_steps=warmup, peak_lr=peak_lr, backbone_channels=in_channels, start_lr=sched["start_lr"],
+        base_tau=cfg["model"]["target_decay_rate"], tau_method=cfg["model"]["target_decay_method"],
+        periodic=cfg["loop_length"] == "passl_epochs",
+    )
+
+
+def resolve(cfg: Config, world_size: int, num_images: int, num_classes: int) -> Config:
+    """A copy of ``cfg`` with its plan's values under ``derived`` (what a run folder's ``config.yaml`` holds)."""
+    return {**copy.deepcopy(cfg), "derived": plan_for(cfg, world_size, num_images, num_classes).derived()}
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

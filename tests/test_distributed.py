@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from byol_lib.checkpoint import list_checkpoints
-from byol_lib.distributed import launch_command, run_launch, select_device
+from byol_lib.distributed import select_device
+from byol_lib.launch import launch_command, run_launch
 
 from .conftest import ROOT, TINY_CONFIG
 
