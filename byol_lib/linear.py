@@ -22,8 +22,9 @@ from byol_lib.atomic import write_atomic
 from byol_lib.checkpoint import latest_checkpoint
 from byol_lib.config import Config, ConfigError
 from byol_lib.data.datasets import build_dataset
-from byol_lib.evaluate import Features, LinearEvalSettings, compute_features, evaluate_head, knn_predict, linear_eval
+from byol_lib.evaluate import Features, LinearEvalSettings, compute_features, evaluate_head, linear_eval
 from byol_lib.export import ExportError, extract_online_encoder, load_any_checkpoint, save_weights
+from byol_lib.knn import knn_predict
 from byol_lib.model import ResNet
 
 KIND = "linear"

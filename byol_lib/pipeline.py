@@ -19,8 +19,8 @@ from byol_lib.ablation import Settings, outcome_rows, run_batch
 from byol_lib.checkpoint import latest_checkpoint
 from byol_lib.config import ConfigError, load_config
 from byol_lib.console import summary_table
-from byol_lib.launch import run_pretraining
 from byol_lib.export import convert_file, extract_file
+from byol_lib.launch import run_pretraining
 from byol_lib.linear import run_linear_eval
 from byol_lib.notebook import build_report
 from byol_lib.results import read_summary, repo_root

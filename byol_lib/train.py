@@ -33,7 +33,7 @@ from byol_lib.data.augment import device_augment
 from byol_lib.data.datasets import build_dataset
 from byol_lib.data.loader import pretrain_loader
 from byol_lib.ema import update_target, weights
-from byol_lib.evaluate import KnnMonitor
+from byol_lib.knn import KnnMonitor
 from byol_lib.model import BYOL, build_model
 from byol_lib.optim import LARS
 from byol_lib.passl_init import passl_initialise

@@ -21,9 +21,9 @@ from byol_lib.evaluate import (
     evaluate_head,
     holdout_split,
     init_head_weight,
-    knn_eval,
     linear_eval,
 )
+from byol_lib.knn import knn_eval
 from byol_lib.model import ResNet
 from byol_lib.schedules import lr_at
 

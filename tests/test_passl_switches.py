@@ -18,9 +18,9 @@ from byol_lib.data.augment import device_augment
 from byol_lib.data.datasets import build_dataset
 from byol_lib.data.loader import pretrain_loader
 from byol_lib.model import build_model
-from byol_lib.schedules import lr_at, tau_at
 from byol_lib.passl_init import passl_initialise
 from byol_lib.results import read_metrics
+from byol_lib.schedules import lr_at, tau_at
 from byol_lib.train import pretrain
 
 from .conftest import TINY_CONFIG
