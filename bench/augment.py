@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 import paddle.nn.functional as F  # noqa: E402
 
-from byol_lib.config import load_config, resolve  # noqa: E402
+from byol_lib.config import load_config  # noqa: E402
 from byol_lib.data.augment import (  # noqa: E402
     AUGMENT_DEFAULTS,
     ViewSampler,
@@ -47,6 +47,7 @@ from byol_lib.data.augment import (  # noqa: E402
 from byol_lib.data.datasets import build_dataset  # noqa: E402
 from byol_lib.data.loader import pretrain_loader  # noqa: E402
 from byol_lib.data.preview import sample_photo  # noqa: E402
+from byol_lib.plan import resolve  # noqa: E402
 
 
 def per_image_augment(x: paddle.Tensor, params: np.ndarray, aug: Mapping[str, Any]) -> paddle.Tensor:

@@ -41,7 +41,7 @@ from paddle.io import DataLoader, Dataset
 from byol_lib.data.augment import eval_transform, linear_train_transform, normalize
 from byol_lib.data.datasets import DatasetError, ImageDataset
 from byol_lib.data.loader import epoch_permutation
-from byol_lib.schedules import lr_at
+from byol_lib.plan import lr_at
 
 PROTOCOLS = ("paper", "passl")
 HEAD_INITS = ("jax", "passl")

@@ -1,4 +1,4 @@
-"""The LARS optimiser (docs/sources.md, deviation D8); the schedules it follows are in ``schedules.py``.
+"""The LARS optimiser (docs/sources.md, deviation D8); the lr it is given comes from ``plan.py``.
 
 Two LARS formulas are available:
 

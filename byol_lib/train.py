@@ -8,7 +8,7 @@ move the target towards the *updated* online weights with the scheduled tau.
 With ``accum_steps: N`` a step's batch is split into N chunks whose gradients are averaged before the
 one LARS step and one target update (the paper's batch-size ablation: BN sees batch / N). PASSL switches
 handled here: ``model.update_target: False`` (D1, the target keeps its initial weights),
-``model.init: passl`` (D6, see ``passl_init``) and ``loop_length: passl_epochs`` (D10, see ``config.resolve``).
+``model.init: passl`` (D6, see ``passl_init``) and ``loop_length: passl_epochs`` (D10, see ``plan.plan_for``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import paddle.nn as nn
 
 from byol_lib import console, distributed, fast, results, run_folder, runtime
 from byol_lib.checkpoint import latest_checkpoint, load_checkpoint, resume_state, save_checkpoint
-from byol_lib.config import Config, ConfigError, plan_for
+from byol_lib.config import Config, ConfigError
 from byol_lib.data.augment import device_augment
 from byol_lib.data.datasets import build_dataset
 from byol_lib.data.loader import pretrain_loader
@@ -37,7 +37,7 @@ from byol_lib.knn import KnnMonitor
 from byol_lib.model import BYOL, build_model
 from byol_lib.optim import LARS
 from byol_lib.passl_init import passl_initialise
-from byol_lib.schedules import Plan
+from byol_lib.plan import Plan, plan_for
 
 KIND = "pretrain"
 

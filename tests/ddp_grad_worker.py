@@ -17,8 +17,9 @@ import paddle  # noqa: E402
 import paddle.distributed as dist  # noqa: E402
 
 import byol_lib  # noqa: E402, F401
-from byol_lib.config import load_config, resolve  # noqa: E402
+from byol_lib.config import load_config
 from byol_lib.model import BYOL  # noqa: E402
+from byol_lib.plan import resolve  # noqa: E402
 
 
 def main(out_dir: Path) -> None:

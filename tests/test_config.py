@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from byol_lib.config import ConfigError, flatten, load_config, parse_override, resolve, yaml_load
+from byol_lib.config import ConfigError, flatten, load_config, parse_override, yaml_load
+from byol_lib.plan import resolve
 
 from .conftest import ROOT
 

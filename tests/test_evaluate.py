@@ -25,7 +25,7 @@ from byol_lib.evaluate import (
 )
 from byol_lib.knn import knn_eval
 from byol_lib.model import ResNet
-from byol_lib.schedules import lr_at
+from byol_lib.plan import lr_at
 
 SIZE = 16
 AUG = {**AUGMENT_DEFAULTS, "image_size": SIZE}

@@ -17,10 +17,11 @@ import paddle
 import pytest
 
 from byol_lib.checkpoint import save_checkpoint
-from byol_lib.config import load_config, resolve
+from byol_lib.config import load_config
 from byol_lib.export import convert_main, extract_main, paddleclas_keys, to_paddleclas
 from byol_lib.model import BYOL, ResNet
 from byol_lib.optim import LARS
+from byol_lib.plan import resolve
 
 from .conftest import ROOT, TINY_CONFIG
 

@@ -15,9 +15,10 @@ import paddle.nn.functional as F
 import pytest
 
 from byol_lib import fast, runtime
-from byol_lib.config import ConfigError, load_config, resolve
+from byol_lib.config import ConfigError, load_config
 from byol_lib.ema import update_target
 from byol_lib.model import ResNet, build_model, spatial_pads
+from byol_lib.plan import resolve
 from byol_lib.results import read_metrics
 from byol_lib.train import build_optimizer, pretrain
 from tests.conftest import TINY_CONFIG

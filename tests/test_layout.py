@@ -75,7 +75,7 @@ def test_the_import_graph_has_no_cycle() -> None:
 def test_lower_layers_do_not_import_the_loop() -> None:
     """Collectives, schedules and the optimiser know nothing of training runs or launches."""
     graph = import_graph()
-    for low in ("byol_lib.distributed", "byol_lib.schedules", "byol_lib.optim", "byol_lib.loss", "byol_lib.ema"):
+    for low in ("byol_lib.distributed", "byol_lib.plan", "byol_lib.optim", "byol_lib.loss", "byol_lib.ema"):
         assert not graph[low] & {"byol_lib.train", "byol_lib.launch", "byol_lib.cli", "byol_lib.pipeline"}, low
 
 

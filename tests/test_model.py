@@ -8,10 +8,11 @@ import numpy as np
 import paddle
 import pytest
 
-from byol_lib.config import load_config, resolve
+from byol_lib.config import load_config
 from byol_lib.ema import update_target, weights
 from byol_lib.model import BYOL, Conv2D, MaxPool, ResNet, linear
 from byol_lib.optim import LARS, excluded_by_name
+from byol_lib.plan import resolve
 
 from .conftest import TINY_CONFIG
 

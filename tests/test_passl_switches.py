@@ -13,14 +13,14 @@ import paddle
 import pytest
 
 from byol_lib.checkpoint import list_checkpoints
-from byol_lib.config import ConfigError, load_config, resolve
+from byol_lib.config import ConfigError, load_config
 from byol_lib.data.augment import device_augment
 from byol_lib.data.datasets import build_dataset
 from byol_lib.data.loader import pretrain_loader
 from byol_lib.model import build_model
 from byol_lib.passl_init import passl_initialise
+from byol_lib.plan import lr_at, resolve, tau_at
 from byol_lib.results import read_metrics
-from byol_lib.schedules import lr_at, tau_at
 from byol_lib.train import pretrain
 
 from .conftest import TINY_CONFIG

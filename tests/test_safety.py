@@ -17,10 +17,11 @@ import pytest
 
 from byol_lib.checkpoint import list_checkpoints, save_checkpoint
 from byol_lib.cli import main
-from byol_lib.config import ConfigError, load_config, resolve
+from byol_lib.config import ConfigError, load_config
 from byol_lib.export import convert_file, extract_file
 from byol_lib.model import BYOL, ResNet
 from byol_lib.optim import LARS
+from byol_lib.plan import resolve
 from byol_lib.results import read_metrics, read_summary
 from byol_lib.run_folder import LOCK
 from byol_lib.safe_pickle import WeightFileError, load_weights
