@@ -97,3 +97,14 @@ def test_linear_eval_runs_under_the_launcher(tmp_path: Path) -> None:
     assert code == 0
     summary = _summary(tmp_path / "runs")
     assert summary["status"] == "finished" and summary["world_size"] == 2 and 0.0 <= summary["top1"] <= 1.0
+
+
+def test_the_passl_file_notice_is_printed_once_under_a_launch(tmp_path: Path) -> None:
+    """Both workers stop at the missing ImageNet folder; only rank 0 says the file is PASSL's own."""
+    passl_file = ROOT / "tests" / "fixtures" / "passl" / "byol_r50_IM.yaml"
+    cmd = launch_command(TRAIN, ["-c", str(passl_file)], nproc_per_node=2, log_dir=tmp_path / "log")
+    result = run_launch(cmd, tmp_path / "log", stream=False)
+    assert result.returncode != 0
+    logs = [(tmp_path / "log" / f"workerlog.{rank}").read_text() for rank in (0, 1)]
+    assert all("'dataloader.train.dataset.dataroot' = 'data/ILSVRC2012/train' does not exist" in log for log in logs)
+    assert [log.count("PASSL's own file") for log in logs] == [1, 0]
