@@ -154,8 +154,9 @@ LINEAR_DEFAULTS: Config = {
 }
 
 # What each linear-evaluation protocol (``linear_eval.protocol``) sets where the config leaves the key empty (None);
-# the protocol itself also decides the lr selection and the testing (byol_lib.evaluate). Paper App. C.1 and the JAX
-# eval code; PASSL's configs/byol/byol_clas_r50.yaml (D18 in docs/sources.md).
+# the protocol itself also decides the lr selection and the testing (byol_lib.evaluate). ``augmentation.eval_resize``
+# picks the resizes of both linear-evaluation transforms (train crops and val: TF bicubic, or PASSL's Pillow bicubic
+# and bilinear). Paper App. C.1 and the JAX eval code; PASSL's configs/byol/byol_clas_r50.yaml (D18 in docs/sources.md).
 LINEAR_PROTOCOLS: dict[str, dict[str, Any]] = {
     "paper": {"epochs": 80, "linear_eval.head_init": "jax", "augmentation.eval_resize": "jax"},
     "passl": {"epochs": 100, "linear_eval.head_init": "passl", "augmentation.eval_resize": "passl"},
