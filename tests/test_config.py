@@ -218,3 +218,14 @@ def test_passl_recipe_files_and_grid_variants_switch_the_deviation_tables_set() 
         changed = {key: value for key, value in cfg.items() if value != faithful[key]}
         assert {table[key] for key in changed} == {table[key] for key in grid[variant]} == deviations, name
         assert changed == grid[variant], name
+
+
+def test_every_deviation_with_a_switch_names_tests_that_exist() -> None:
+    rows = [[cell.strip() for cell in line.split("|")] for line in (ROOT / "docs" / "sources.md").read_text()
+            .splitlines() if re.match(r"\| D\d+ \|", line)]
+    named = {row[1]: re.findall(r"`([\w/]+\.py)::(test_\w+)`", row[5]) for row in rows}
+    switched = {row[1] for row in rows if not row[4].startswith(("none", "not "))}  # a switch, or D19's fix
+    assert switched >= {"D1", "D10", "D13", "D18", "D19"} and {d for d, found in named.items() if found} >= switched
+    for deviation, found in named.items():
+        for file, test in found:
+            assert f"def {test}(" in (ROOT / "tests" / file).read_text(), (deviation, file, test)
