@@ -7,8 +7,9 @@ move the target towards the *updated* online weights with the scheduled tau.
 
 With ``accum_steps: N`` a step's batch is split into N chunks whose gradients are averaged before the
 one LARS step and one target update (the paper's batch-size ablation: BN sees batch / N). PASSL switches
-handled here: ``model.update_target: False`` (D1, the target keeps its initial weights),
-``model.init: passl`` (D6, see ``passl_init``) and ``loop_length: passl_epochs`` (D10, see ``plan.plan_for``).
+handled here (the deviations D1-D20 are in docs/sources.md): ``model.update_target: False`` (D1, the target
+keeps its initial weights), ``model.init: passl`` (D6, see ``passl_init``) and ``loop_length: passl_epochs`` (D10,
+see ``plan.plan_for``).
 """
 
 from __future__ import annotations
