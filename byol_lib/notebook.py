@@ -15,22 +15,20 @@
   ``status: failed`` with the error, then ``NotebookError`` is raised.
 
 ``build_report()`` executes ``notebooks/90_report.ipynb`` this way and converts it with nbconvert (figures
-embedded as base64 PNG, code cells hidden by default) to ``reports/report.html``. Command line::
+embedded as base64 PNG, code cells hidden by default) to ``reports/report.html``. Command lines (``byol_lib.cli``)::
 
-    python -m byol_lib.notebook run notebooks/10_pretrain.ipynb -p epochs=5 -p nproc=2
-    python -m byol_lib.notebook report [--results results] [--output reports/report.html] [--show-code]
+    byol notebook notebooks/10_pretrain.ipynb -p epochs=5 -p nproc=2
+    byol report [--results results] [--output reports/report.html] [--show-code]
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import difflib
 import logging
 import os
-import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -279,35 +277,3 @@ def parse_parameter(text: str, declared: Mapping[str, Mapping[str, str]]) -> tup
         return name, yaml.safe_load(raw)
     except yaml.YAMLError as err:
         raise ParameterError(f"-p {name}: not a YAML value ({str(err).splitlines()[0]})") from None
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m byol_lib.notebook", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="execute a notebook into a run folder")
-    run.add_argument("notebook", help="e.g. notebooks/10_pretrain.ipynb")
-    run.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
-                     help="a parameter of the notebook's parameters cell (repeatable)")
-    run.add_argument("--run-dir", default=None, help="run folder (default: a new results/<utc>-notebook-<hash>)")
-    report = commands.add_parser("report", help="build the HTML report from every run in the results folder")
-    report.add_argument("--results", default=None, help="results folder (default: results)")
-    report.add_argument("--output", default=None, help=f"HTML file (default: {REPORT_HTML})")
-    report.add_argument("--show-code", action="store_true", help="keep the code cells in the HTML")
-    args = parser.parse_args(argv)
-    logging.getLogger("papermill").setLevel(logging.INFO)  # log_output: the cells' output, as it comes
-    try:
-        if args.command == "run":
-            declared = declared_parameters(args.notebook)
-            parameters = dict(parse_parameter(text, declared) for text in args.parameter)
-            done = run_notebook(args.notebook, parameters, args.run_dir, log_output=True)
-            print(f"executed notebook: {done.output}")
-        else:
-            print(f"report: {build_report(args.results, args.output, show_code=args.show_code, log_output=True)}")
-    except (UnknownParameterError, NotebookError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -251,7 +251,7 @@ def test_a_notebook_that_raises_is_recorded_as_failed(tmp_path: Path) -> None:
 def test_unknown_parameters_are_rejected_before_anything_runs(tmp_path: Path) -> None:
     with pytest.raises(notebook.UnknownParameterError, match=r"epoch \(did you mean epochs\?\)"):
         notebook.run_notebook("notebooks/10_pretrain.ipynb", {"epoch": 3}, results_dir=tmp_path)
-    assert notebook.main(["run", "notebooks/10_pretrain.ipynb", "-p", "learning_rate=0.1"]) == 1
+    assert cli.main(["notebook", "notebooks/10_pretrain.ipynb", "-p", "learning_rate=0.1"]) == 2
     assert not list(tmp_path.iterdir()) and not (ROOT / "results" / "learning_rate").exists()
     with pytest.raises(ValueError, match="never go there"):
         notebook.run_notebook("notebooks/40_augmentations.ipynb", run_dir=NOTEBOOK_DIR / "out")
