@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from byol_lib import console, results, run_folder, runtime
-from byol_lib.choices import DEFAULT_MAX_SEEDS, DEFAULT_SEEDS
+from byol_lib.choices import DEFAULT_MAX_SEEDS, DEFAULT_SEEDS, RESULTS_DIR, STUDY_NAME
 from byol_lib.comparisons import CONFIDENCE, Comparison, write_comparisons
 from byol_lib.config import ConfigError, backbone_overrides, load_config
 from byol_lib.stats import seeds_needed
@@ -66,7 +66,7 @@ class Settings:
     """What every job of a batch shares."""
 
     results_dir: Path
-    study: str = "ablation"
+    study: str = STUDY_NAME
     pretrain_config: Path | None = None  # None: each grid's own ``base``
     linear_config: Path | None = None  # None: each grid's own ``linear``
     pretrain_overrides: tuple[str, ...] = ()
@@ -442,8 +442,8 @@ def verdict_lines(comparisons: Sequence[Comparison]) -> list[str]:
 
 def run_ablation(grid_files: str | Path | Sequence[str | Path], variants: Sequence[str] | None = None,
                  seeds: Sequence[int] = DEFAULT_SEEDS, base_pretrain_cfg: str | Path | None = None,
-                 base_linear_cfg: str | Path | None = None, results_root: str | Path = "results",
-                 max_parallel: int | None = None, *, study: str = "ablation", pretrain_overrides: Sequence[str] = (),
+                 base_linear_cfg: str | Path | None = None, results_root: str | Path = RESULTS_DIR,
+                 max_parallel: int | None = None, *, study: str = STUDY_NAME, pretrain_overrides: Sequence[str] = (),
                  linear_overrides: Sequence[str] = (), threads: int | None = None, launch: Launch | None = None,
                  verbose: bool = True) -> list[Outcome]:
     """Plan and run a batch: ``variants`` (None: all) of ``grid_files`` x ``seeds``; returns each job's outcome.

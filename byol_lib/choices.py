@@ -1,5 +1,5 @@
-"""The named choices of the command line: reproduction profiles, ablation sets, default seeds, the adaptive seed
-cap and the ``--pretrained random`` keyword.
+"""The named choices and defaults of the command line: reproduction profiles, ablation sets, default seeds, the
+adaptive seed cap, the ``--pretrained random`` keyword, the results, study and report names.
 
 Plain data with no heavy import: the command line builds its ``--help`` from it without loading Paddle or pandas;
 ``byol_lib.pipeline`` runs the profiles, ``byol_lib.ablation`` the seeds, ``byol_lib.linear`` and
@@ -29,12 +29,16 @@ class Profile:
 # The reduced set: variants, budget, seeds and the adaptive-seed target, with the reasoning behind them
 # (measured noise budget) in the file's comments. "full": every variant of every grid file, same budget.
 DEFAULT_STUDY = "configs/studies/default.yaml"
-ALL_GRIDS = ("configs/ablations/augmentations.yaml", "configs/ablations/passl_deviations.yaml",
-             "configs/ablations/tau.yaml", "configs/ablations/batch.yaml")
+AUGMENTATION_GRID = "configs/ablations/augmentations.yaml"  # also the grid whose baseline the noise budget measures
+ALL_GRIDS = (AUGMENTATION_GRID, "configs/ablations/passl_deviations.yaml", "configs/ablations/tau.yaml",
+             "configs/ablations/batch.yaml")
 ABLATION_CHOICES = ("none", "reduced", "full")
 DEFAULT_SEEDS = (0,)  # one run per step; README: "--seeds 0 1 2 for several seeds"
 DEFAULT_MAX_SEEDS = 8  # adaptive waves stop at this many seeds per variant, failed runs included
 RANDOM_WEIGHTS = "random"  # --pretrained random: linear evaluation of the random-init baseline
+RESULTS_DIR = "results"  # where run folders land
+STUDY_NAME = "ablation"  # run-name prefix of an ablation batch: <study>-<variant>-pretrain-s<seed>
+REPORT_HTML = "reports/report.html"
 
 PROFILES = {
     "default": Profile("default", "configs/byol/byol_r18_synthetic.yaml", "configs/byol/linear_synthetic.yaml",

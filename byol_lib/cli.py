@@ -17,8 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from byol_lib import __version__
-from byol_lib.choices import ABLATION_CHOICES, DEFAULT_MAX_SEEDS, DEFAULT_SEEDS, PROFILES, RANDOM_WEIGHTS
+from byol_lib import __version__, choices
 
 if TYPE_CHECKING:
     from byol_lib.ablation import Job, Settings
@@ -74,7 +73,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, pretrain: bool, lin
     if linear:
         parser.add_argument("--pretrained", default=None,
                             help="classification configs: backbone weights (checkpoint, pretraining run folder, "
-                                 f"PASSL checkpoint, extracted file, or '{RANDOM_WEIGHTS}' for the random-init "
+                                 f"PASSL checkpoint, extracted file, or '{choices.RANDOM_WEIGHTS}' for the random-init "
                                  "baseline)")
         parser.add_argument("--load", type=Path, default=None,
                             help="classification configs: a saved classifier (backbone + head)")
@@ -200,22 +199,22 @@ def run_config(args: argparse.Namespace) -> int:
 
 def add_seeds_argument(parser: argparse.ArgumentParser, meaning: str) -> None:
     """``--seeds``, with the same default in every command that takes it."""
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS),
-                        help=f"{meaning} (default: {' '.join(map(str, DEFAULT_SEEDS))})")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(choices.DEFAULT_SEEDS),
+                        help=f"{meaning} (default: {' '.join(map(str, choices.DEFAULT_SEEDS))})")
 
 
 def add_reproduce_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", default="default", choices=tuple(PROFILES),
+    parser.add_argument("--profile", default="default", choices=tuple(choices.PROFILES),
                         help="default: embedded dataset on CPU; the others need --data PATH")
     parser.add_argument("--data", default=None, help="dataset path (CIFAR archive or folder; ImageNet root)")
     add_seeds_argument(parser, "one full run per seed")
-    parser.add_argument("--output-dir", default="results", help="results folder (run folders land here)")
-    parser.add_argument("--report", default="reports/report.html", help="the HTML report ('' for none)")
+    parser.add_argument("--output-dir", default=choices.RESULTS_DIR, help="results folder (run folders land here)")
+    parser.add_argument("--report", default=choices.REPORT_HTML, help="the HTML report ('' for none)")
     parser.add_argument("-o", "--override", action="append", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override a pretraining config key")
     parser.add_argument("--linear-override", action="append", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override a linear-evaluation config key")
-    parser.add_argument("--ablation", default=None, choices=ABLATION_CHOICES,
+    parser.add_argument("--ablation", default=None, choices=choices.ABLATION_CHOICES,
                         help="ablation set after the main runs (default: reduced for the default profile, none "
                              "otherwise; full = every variant of configs/ablations/)")
     parser.add_argument("--ablation-seeds", type=int, nargs="+", default=None,
@@ -255,13 +254,14 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
 def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", action="append", nargs="+", required=True, metavar="FILE",
-                        help="variant file(s), e.g. configs/ablations/augmentations.yaml (repeatable)")
+                        help=f"variant file(s), e.g. {choices.AUGMENTATION_GRID} (repeatable)")
     parser.add_argument("--variants", nargs="+", default=None, help="run only these variants (default: all)")
     add_seeds_argument(parser, "one run per variant and seed")
     parser.add_argument("--config", default=None, help="base pretraining config (default: the grid file's 'base')")
     parser.add_argument("--linear-config", default=None, help="linear-evaluation config (default: the grid's)")
-    parser.add_argument("--output-dir", default="results", help="results folder (run folders land here)")
-    parser.add_argument("--study", default="ablation", help="run-name prefix: <study>-<variant>-pretrain-s<seed>")
+    parser.add_argument("--output-dir", default=choices.RESULTS_DIR, help="results folder (run folders land here)")
+    parser.add_argument("--study", default=choices.STUDY_NAME,
+                        help=f"run-name prefix: <study>-<variant>-pretrain-s<seed> (default: {choices.STUDY_NAME})")
     parser.add_argument("--max-parallel", type=int, default=None,
                         help="jobs at once, each in its own process (default: one per core; 1 runs them here)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads per job (default: cores / jobs)")
@@ -276,7 +276,7 @@ def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
                              "the baseline is at most ± POINTS top-1 points (with --emit-*: only the next wave)")
     parser.add_argument("--max-seeds", type=int, default=None,
                         help="with --target-halfwidth: at most this many seeds per variant, failed runs included "
-                             f"(default {DEFAULT_MAX_SEEDS})")
+                             f"(default {choices.DEFAULT_MAX_SEEDS})")
     parser.add_argument("--no-comparisons", action="store_true",
                         help="do not write <output-dir>/<study>/comparisons.json/.csv (each job's own command)")
     add_launch_arguments(parser, multi_node=False)
@@ -314,7 +314,7 @@ def run_ablate(args: argparse.Namespace) -> int:
     grids = _joined(args.grid)
     written = f"comparisons: {comparisons_folder(settings.results_dir, settings.study) / JSON_NAME}"
     target = args.target_halfwidth
-    max_seeds = DEFAULT_MAX_SEEDS if args.max_seeds is None else args.max_seeds
+    max_seeds = choices.DEFAULT_MAX_SEEDS if args.max_seeds is None else args.max_seeds
     try:
         if args.emit_commands or args.emit_slurm:
             if target is None:
@@ -360,9 +360,9 @@ def add_noise_arguments(parser: argparse.ArgumentParser) -> None:
                              "(held-out split, head init, batch order)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[250, 500, 1000, 2500, 5000],
                         help="validation-set sizes of the image-noise table (at most the config's)")
-    parser.add_argument("--grid", default="configs/ablations/augmentations.yaml",
+    parser.add_argument("--grid", default=choices.AUGMENTATION_GRID,
                         help="the grid whose baseline (base and linear configs) is measured")
-    parser.add_argument("--output-dir", default="results", help="results folder")
+    parser.add_argument("--output-dir", default=choices.RESULTS_DIR, help="results folder (run folders land here)")
     parser.add_argument("--max-parallel", type=int, default=None, help="pretraining runs at once")
     parser.add_argument("-o", "--override", action="append", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override a pretraining key of every run")
@@ -389,8 +389,10 @@ def run_noise(args: argparse.Namespace) -> int:
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results", default="results", help="the results folder to report on (default: results)")
-    parser.add_argument("--output", default="reports/report.html", help="the HTML file to write")
+    parser.add_argument("--results", default=choices.RESULTS_DIR,
+                        help=f"the results folder to report on (default: {choices.RESULTS_DIR})")
+    parser.add_argument("--output", default=choices.REPORT_HTML,
+                        help=f"the HTML file to write (default: {choices.REPORT_HTML})")
     parser.add_argument("--show-code", action="store_true", help="keep the notebook's code cells in the HTML")
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from byol_lib.choices import AUGMENTATION_GRID
 from byol_lib.evaluate import linear_eval
 
 
@@ -84,7 +85,6 @@ def image_noise_by_size(correct: np.ndarray, sizes: Sequence[int]) -> list[dict[
 # ----------------------------------------------------------------------------- measuring a budget
 
 BUDGET_FOLDER = "noise-budget"  # under the results folder: per-backbone head-seed evaluations and the budget
-AUGMENTATION_GRID = "configs/ablations/augmentations.yaml"
 
 
 def head_correctness(pretrain_run: Path, linear_cfg: dict[str, Any], head_seeds: Sequence[int]) -> np.ndarray:

@@ -37,7 +37,7 @@ import nbformat
 import papermill
 import yaml
 
-from byol_lib import results, run_folder, runtime
+from byol_lib import choices, results, run_folder, runtime
 from byol_lib.atomic import write_atomic, write_json
 from byol_lib.registry import NOTEBOOK_RECORD, results_path
 
@@ -47,7 +47,7 @@ KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
 KIND = "notebook"
 NOTEBOOKS = results.repo_root() / "notebooks"
 REPORT_NOTEBOOK = NOTEBOOKS / "90_report.ipynb"
-REPORT_HTML = results.repo_root() / "reports" / "report.html"
+REPORT_HTML = results.repo_root() / choices.REPORT_HTML
 TEMPLATES = Path(__file__).resolve().parent  # holds report_template/: lab's template without CDN scripts
 KERNEL_ENV = {**runtime.QUIET_ENV, "TQDM_DISABLE": "1"}
 KERNEL_ENV_REMOVED = ("MPLBACKEND",)  # a CLI's "Agg" would silently drop every figure from the notebook

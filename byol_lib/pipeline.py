@@ -17,7 +17,7 @@ import paddle
 
 from byol_lib.ablation import Settings, outcome_rows, run_batch
 from byol_lib.checkpoint import latest_checkpoint
-from byol_lib.choices import ABLATION_CHOICES, ALL_GRIDS, DEFAULT_SEEDS, DEFAULT_STUDY, PROFILES, Profile
+from byol_lib.choices import ABLATION_CHOICES, ALL_GRIDS, DEFAULT_SEEDS, DEFAULT_STUDY, PROFILES, RESULTS_DIR, Profile
 from byol_lib.config import ConfigError, load_config
 from byol_lib.console import summary_table
 from byol_lib.distributed import run_pretraining
@@ -57,7 +57,7 @@ def data_overrides(profile: Profile, data: str | None) -> tuple[list[str], list[
 
 
 def reproduce(profile_name: str = "default", data: str | None = None, seeds: Sequence[int] = DEFAULT_SEEDS,
-              devices: str | None = None, nproc_per_node: int | None = None, output_dir: str | Path = "results",
+              devices: str | None = None, nproc_per_node: int | None = None, output_dir: str | Path = RESULTS_DIR,
               pretrain_overrides: Sequence[str] = (), linear_overrides: Sequence[str] = (),
               report: str | Path | None = None, ablation: str | None = None,
               ablation_seeds: Sequence[int] | None = None, ablation_overrides: Sequence[str] | None = None,

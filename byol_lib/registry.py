@@ -28,7 +28,7 @@ import pandas as pd
 import yaml
 
 from byol_lib.checkpoint import latest_checkpoint
-from byol_lib.choices import RANDOM_WEIGHTS
+from byol_lib.choices import RANDOM_WEIGHTS, RESULTS_DIR
 from byol_lib.config import backbone_overrides as config_backbone_overrides
 from byol_lib.results import repo_root
 from byol_lib.variants import BASELINE
@@ -48,7 +48,7 @@ NOTEBOOK_RECORD = "notebook.json"  # byol_lib.notebook's record of a notebook ru
 
 def results_path(results_dir: str | Path | None = None) -> Path:
     """``results_dir`` resolved against the repo root (default: ``<repo>/results``)."""
-    return repo_root() / (results_dir or "results")
+    return repo_root() / (results_dir or RESULTS_DIR)
 
 
 def read_run(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -154,6 +154,7 @@ def test_emitted_commands_and_slurm_script(tmp_path: Path, capsys: pytest.Captur
     assert text.rstrip().endswith('eval "${COMMANDS[$SLURM_ARRAY_TASK_ID]}"')
 
 
+@pytest.mark.slow
 def test_a_tiny_batch_runs_end_to_end_records_its_failure_and_skips_finished_runs(tmp_path: Path) -> None:
     grid = tmp_path / "tiny.yaml"
     grid.write_text(TINY_GRID)

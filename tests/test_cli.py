@@ -40,6 +40,7 @@ print(os.environ.get("OMP_NUM_THREADS", "unset"), runtime.blas_threads())
 
 
 @pytest.mark.parametrize(("omp", "expected"), [(None, ["unset", "2"]), ("3", ["3", "3"])])
+@pytest.mark.slow
 def test_the_first_import_of_paddle_anywhere_configures_the_process(omp: str | None, expected: list[str]) -> None:
     """The import hook of ``byol_lib``: threads as ``runtime.configure()`` sets them, the user's OMP value kept."""
     env = {k: v for k, v in os.environ.items()

@@ -118,6 +118,7 @@ def ours(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, BYOL]:
     return path, model
 
 
+@pytest.mark.slow
 def test_extracts_passl_online_encoder_with_loadable_bare_names(tmp_path: Path, passl_ckpt: Path,
                                                                r50: dict[str, np.ndarray]) -> None:
     out = tmp_path / "w.pdparams"
@@ -235,6 +236,7 @@ def error_line(stderr: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_tool_rejects_architecture_mismatch(tmp_path: Path) -> None:
     ckpt = write_passl(tmp_path / "r18.pd", random_backbone(18, seed=4))
     out = tmp_path / "out" / "w.pdparams"
@@ -247,6 +249,7 @@ def test_tool_rejects_architecture_mismatch(tmp_path: Path) -> None:
     assert not out.parent.exists()
 
 
+@pytest.mark.slow
 def test_tool_rejects_a_non_pickle_file(tmp_path: Path) -> None:
     ckpt = tmp_path / "notes.pdparams"
     ckpt.write_text("not a checkpoint\n")
