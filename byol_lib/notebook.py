@@ -39,12 +39,11 @@ import yaml
 
 from byol_lib import choices, results, run_folder, runtime
 from byol_lib.atomic import write_atomic, write_json
-from byol_lib.registry import NOTEBOOK_RECORD, results_path
+from byol_lib.registry import NOTEBOOK_KIND, NOTEBOOK_RECORD, results_path
 
 KERNEL = "python3"
 # ipykernel warns at every start that its local TCP sockets are unencrypted: harmless, and noise in our output
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
-KIND = "notebook"
 NOTEBOOKS = results.repo_root() / "notebooks"
 REPORT_NOTEBOOK = NOTEBOOKS / "90_report.ipynb"
 REPORT_HTML = results.repo_root() / choices.REPORT_HTML
@@ -163,9 +162,10 @@ def record(run_dir: Path, entry: Mapping[str, Any]) -> dict[str, Any]:
     """
     with run_folder.hold(run_dir, wait=True):
         write_json(run_dir / NOTEBOOK_RECORD, dict(entry))
-        summary = results.read_summary(run_dir) or {"run_id": run_dir.name, "kind": KIND, **results.environment()}
-        summary = {**summary, "kind": summary.get("kind", KIND), "notebook": dict(entry)}
-        if summary["kind"] == KIND:  # the notebook is the whole run
+        summary = results.read_summary(run_dir) or {"run_id": run_dir.name, "kind": NOTEBOOK_KIND,
+                                                     **results.environment()}
+        summary = {**summary, "kind": summary.get("kind", NOTEBOOK_KIND), "notebook": dict(entry)}
+        if summary["kind"] == NOTEBOOK_KIND:  # the notebook is the whole run
             summary.update(status=entry["status"], error=entry["error"], wall_time_s=entry.get("wall_time_s"))
         elif entry["status"] == "failed":
             if summary.get("status") != "finished":
@@ -196,7 +196,7 @@ def run_notebook(notebook: str | Path, parameters: Mapping[str, Any] | None = No
     base = results_path(results_dir or parameters.get("results_dir"))
     if run_dir is None:
         digest = results.config_hash({"notebook": path.name, "parameters": parameters})
-        run_dir = results.new_run_dir(base, KIND, digest)
+        run_dir = results.new_run_dir(base, NOTEBOOK_KIND, digest)
     run_dir = Path(run_dir)
     if _inside(run_dir, NOTEBOOKS):
         raise ValueError(f"run folder {run_dir} is inside {NOTEBOOKS}: executed notebooks never go there")

@@ -44,6 +44,7 @@ RANDOM_INIT = "random init"  # the variant of the random-init baseline's rows
 ONLINE, LINEAR, KNN = "online probe", "offline linear", "kNN"
 _KNN_PREFIX = "knn_top1_k"
 NOTEBOOK_RECORD = "notebook.json"  # byol_lib.notebook's record of a notebook run, written while it runs
+NOTEBOOK_KIND = "notebook"  # the kind of a run that is a notebook alone (byol_lib.notebook)
 
 
 def results_path(results_dir: str | Path | None = None) -> Path:
@@ -60,7 +61,7 @@ def read_run(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         summary = json.loads((folder / "summary.json").read_text())
     else:
         record = json.loads((folder / NOTEBOOK_RECORD).read_text())
-        summary = {"run_id": folder.name, "kind": "notebook", "status": record.get("status"),
+        summary = {"run_id": folder.name, "kind": NOTEBOOK_KIND, "status": record.get("status"),
                    "error": record.get("error"), "notebook": record}
     config_file = folder / "config.yaml"
     cfg = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
