@@ -153,6 +153,7 @@ def _train_script(config: object, cwd: object) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("name", PASSL_FILES)
+@pytest.mark.slow
 def test_passl_published_files_run_unchanged_up_to_the_data_check(name: str, tmp_path) -> None:
     out = _train_script(ROOT / "tests" / "fixtures" / "passl" / name, tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr

@@ -81,6 +81,7 @@ def test_train_then_evaluate_only_reproduces_the_reported_accuracy(pretrained_ch
     (["--pretrained", "{ckpt}", "-o", "model.backbone.depth=34"], "does not fit the backbone in the config"),
     (["--load", "{ckpt}"], "no linear head"),
 ])
+@pytest.mark.slow
 def test_bad_weights_fail_clearly_and_write_nothing(pretrained_checkpoint: Path, tmp_path: Path,
                                                     extra: list[str], message: str) -> None:
     extra = [a.replace("{ckpt}", str(pretrained_checkpoint)) for a in extra]
@@ -89,6 +90,7 @@ def test_bad_weights_fail_clearly_and_write_nothing(pretrained_checkpoint: Path,
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_pretraining_flags_on_a_pretraining_config_are_rejected(tmp_path: Path) -> None:
     out = _run(["-c", str(TINY_CONFIG), "--evaluate-only", "-o", f"output_dir={tmp_path}"])
     assert out.returncode == 2 and "is a pretraining config" in out.stderr
