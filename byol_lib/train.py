@@ -39,6 +39,7 @@ from byol_lib.model import BYOL, build_model
 from byol_lib.optim import LARS
 from byol_lib.passl_init import passl_initialise
 from byol_lib.plan import Plan, plan_for
+from byol_lib.variants import BASELINE
 
 KIND = "pretrain"
 
@@ -205,7 +206,7 @@ def pretrain(cfg: Config, resume: Path | None = None, verbose: bool = True, wait
             return run.folder
         loader = pretrain_loader(run.images, run.cfg, ctx.rank, ctx.world_size, run.start_step)
         summary = {"run_id": run.folder.name, "kind": KIND, "status": "running",
-                   "config_hash": results.config_hash(run.cfg), "variant": cfg["variant"] or "baseline",
+                   "config_hash": results.config_hash(run.cfg), "variant": cfg["variant"] or BASELINE,
                    "grid": cfg["grid"] or None, "seed": cfg["seed"], "world_size": ctx.world_size,
                    "device": ctx.device, **results.environment()}
         # "running" only from here: a signal during the set-up above leaves the summary as it was, one from here on
