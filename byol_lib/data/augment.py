@@ -3,25 +3,30 @@
 Each view is split in two parts:
 
 * ``ViewSampler`` (numpy only, per image, runs in DataLoader workers): random resized crop, TF-style
-  bicubic resize, /255 and clip, flip, colour jitter (4 ops in a random order, each clipped),
-  grayscale; it also draws the per-image parameters of the device part.
-* ``device_augment`` (paddle, whole batch at once): Gaussian blur (one depthwise conv per direction),
-  solarisation, final clip and mean/std normalisation.
+  bicubic resize, /255 and clip, flip; it also draws every random parameter of the device part, so the random
+  streams stay per image and independent of batching.
+* ``device_augment`` (paddle, whole batch at once): colour jitter (4 ops in a per-image random order, each
+  clipped), grayscale, Gaussian blur (one depthwise conv per direction), solarisation, final clip and mean/std
+  normalisation. A worker thus only decodes, crops, resizes and flips (``bench/loader.py`` measures the cost).
 
 Coins follow JAX: an op with probability ``p`` is applied iff ``u <= p`` with ``u ~ U(0, 1)``.
 PASSL deviations (docs/sources.md) are opt-in switches: ``crop.method = "passl_retry"`` (D12: the retry-loop
 sampler and Pillow's bicubic resize, antialiased when downscaling), ``contrast_mean = "passl_per_row"`` (D3) and
 ``blur.method = "passl_per_tap"`` (D2).
 
-Device parameter vector of one image (float32, length ``device_params_length(aug)``):
-``[blur_on, solarize_on, sigma_0, ..., sigma_{k-1}]`` with flags 0/1 and ``k = 1`` for
-``blur.method = "gaussian"`` or ``k = blur_taps(image_size, kernel_fraction)`` for ``"passl_per_tap"``.
+Device parameter vector of one image (float32, length ``device_params_length(aug)``), indices below:
+``[blur_on, solarize_on, jitter_on, gray_on, brightness_delta, contrast_factor, saturation_factor, hue_delta,
+order_0, ..., order_3, sigma_0, ..., sigma_{k-1}]``: flags 0/1; the four jitter parameters ready to apply
+(``delta = u_b * brightness``, ``factor = 1 + u_c * contrast``, ``1 + u_s * saturation``, ``u_h * hue`` with ``u``
+uniform in [-1, 1]); ``order`` the permutation of the ops (0 brightness, 1 contrast, 2 saturation, 3 hue) applied
+first to last; ``k = 1`` sigma for ``blur.method = "gaussian"`` or ``k = blur_taps(image_size, kernel_fraction)`` for
+``"passl_per_tap"``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -204,69 +209,6 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     return image
 
 
-# ----------------------------------------------------------------------------- colour (numpy, CHW)
-
-
-def rgb_to_hsv(x: np.ndarray) -> np.ndarray:
-    """TF-style RGB -> HSV on a [3, ...] array in [0, 1]; hue in [0, 1)."""
-    r, g, b = x
-    v = x.max(axis=0)
-    delta = v - x.min(axis=0)
-    s = np.where(v > 0, delta / np.where(v > 0, v, 1.0), 0.0)
-    safe = np.where(delta > 0, delta, 1.0)
-    h = np.where(v == r, (g - b) / safe, np.where(v == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
-    h = np.where(delta > 0, h / 6.0, 0.0)
-    h = np.where(h < 0, h + 1.0, h)
-    return np.stack([h, s, v]).astype(x.dtype, copy=False)
-
-
-def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
-    """TF-style HSV -> RGB on a [3, ...] array."""
-    h, s, v = hsv
-    dh = h * 6.0
-    dr = np.clip(np.abs(dh - 3.0) - 1.0, 0.0, 1.0)
-    dg = np.clip(2.0 - np.abs(dh - 2.0), 0.0, 1.0)
-    db = np.clip(2.0 - np.abs(dh - 4.0), 0.0, 1.0)
-    return ((np.stack([dr, dg, db]) - 1.0) * s + 1.0) * v
-
-
-def adjust_brightness(x: np.ndarray, delta: float) -> np.ndarray:
-    """Additive brightness, clipped to [0, 1]."""
-    return np.clip(x + np.float32(delta), 0.0, 1.0)
-
-
-def adjust_contrast(x: np.ndarray, factor: float, mean_mode: str = "per_channel") -> np.ndarray:
-    """``f * (x - mean) + mean`` clipped; mean per channel over H, W or, for D3, per row over W and C."""
-    axes = (1, 2) if mean_mode == "per_channel" else (0, 2)
-    mean = x.mean(axis=axes, keepdims=True)
-    return np.clip((x - mean) * np.float32(factor) + mean, 0.0, 1.0)
-
-
-def adjust_saturation(x: np.ndarray, factor: float) -> np.ndarray:
-    """HSV saturation times ``factor >= 0`` (clipped to [0, 1]), back to RGB, clipped.
-
-    Computed in closed form: with hue and value ``v = max`` fixed, every channel ``c`` maps to
-    ``v - (v - c) * s' / s`` where ``s' / s = min(factor, 1 / s) = min(factor, v / (v - min))``.
-    """
-    v = x.max(axis=0)
-    delta = v - x.min(axis=0)
-    gain = np.minimum(np.float32(factor), v / np.where(delta > 0, delta, 1.0))
-    return np.clip(v - (v - x) * gain, 0.0, 1.0)
-
-
-def adjust_hue(x: np.ndarray, delta: float) -> np.ndarray:
-    """HSV hue shifted by ``delta`` modulo 1, back to RGB, clipped."""
-    hsv = rgb_to_hsv(x)
-    hsv[0] = np.mod(hsv[0] + np.float32(delta), 1.0)
-    return np.clip(hsv_to_rgb(hsv), 0.0, 1.0)
-
-
-def to_grayscale(x: np.ndarray) -> np.ndarray:
-    """Luma 0.2989 R + 0.5870 G + 0.1140 B replicated to 3 channels."""
-    luma = np.tensordot(np.asarray(LUMA, dtype=x.dtype), x, axes=1)
-    return np.broadcast_to(luma, x.shape).copy()
-
-
 # ----------------------------------------------------------------------------- per-image sampler
 
 
@@ -280,9 +222,15 @@ def _num_sigmas(aug: Mapping[str, Any]) -> int:
     return blur_taps(aug["image_size"], blur["kernel_fraction"]) if blur["method"] == "passl_per_tap" else 1
 
 
+BLUR_ON, SOLARIZE_ON, JITTER_ON, GRAY_ON = 0, 1, 2, 3
+JITTER_VALUES = slice(4, 8)  # brightness delta, contrast factor, saturation factor, hue delta
+JITTER_ORDER = slice(8, 12)
+SIGMAS = 12  # first sigma; the rest follow
+
+
 def device_params_length(aug: Mapping[str, Any]) -> int:
-    """Length of the per-image device parameter vector ``[blur_on, solarize_on, sigma...]``."""
-    return 2 + _num_sigmas(aug)
+    """Length of the per-image device parameter vector (module docstring)."""
+    return SIGMAS + _num_sigmas(aug)
 
 
 class ViewSampler:
@@ -302,43 +250,25 @@ class ViewSampler:
         p = aug[view]
         self.size = int(aug["image_size"])
         self.crop = dict(aug["crop"])
-        self.contrast_mean = aug["contrast_mean"]
         self.probs = np.array([p["flip"], p["color_jitter"], p["grayscale"], p["blur"], p["solarize"]])
         self.strengths = np.array([p["brightness"], p["contrast"], p["saturation"], p["hue"]])
         self.sigma = tuple(aug["blur"]["sigma"])
         self.num_sigmas = _num_sigmas(aug)
-
-    def jitter(self, x: np.ndarray, values: np.ndarray, order: np.ndarray) -> np.ndarray:
-        """Apply brightness/contrast/saturation/hue ops (``values`` in [-1, 1] scaled by strength)."""
-        b, c, s, h = values * self.strengths
-        ops = (
-            lambda y: adjust_brightness(y, b),
-            lambda y: adjust_contrast(y, 1.0 + c, self.contrast_mean),
-            lambda y: adjust_saturation(y, 1.0 + s),
-            lambda y: adjust_hue(y, h),
-        )
-        for i in order:
-            x = ops[i](x)
-        return x
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         image = _check_image(image)
         crop_rng = np.random.default_rng(rng.integers(np.iinfo(np.int64).max))
         box = sample_crop(image.shape[0], image.shape[1], self.crop, crop_rng)
         coins = rng.random(5) <= self.probs
-        values = rng.uniform(-1.0, 1.0, size=4)
+        values = rng.uniform(-1.0, 1.0, size=4) * self.strengths
         order = rng.permutation(4)
         sigmas = rng.uniform(self.sigma[0], self.sigma[1], size=self.num_sigmas)
         flip, jitter, gray, blur, solarize = coins
         x = crop_and_resize(image, box, self.size, self.crop["method"])
         if flip:
             x = x[:, :, ::-1]
-        if jitter:
-            x = self.jitter(x, values, order)
-        if gray:
-            x = to_grayscale(x)
-        params = np.concatenate([[float(blur), float(solarize)], sigmas]).astype(np.float32)
-        return np.ascontiguousarray(x, dtype=np.float32), params
+        params = np.concatenate([[blur, solarize, jitter, gray], values + [0.0, 1.0, 1.0, 0.0], order, sigmas])
+        return np.ascontiguousarray(x, dtype=np.float32), params.astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- batched device part
@@ -366,20 +296,115 @@ def _blur(x: paddle.Tensor, params: paddle.Tensor, aug: Mapping[str, Any]) -> pa
     n, c, h, w = x.shape
     taps = blur_taps(h, aug["blur"]["kernel_fraction"])
     radius = taps // 2
-    kernels = blur_kernels(params[:, 2:], taps).repeat_interleave(c, axis=0)
+    kernels = blur_kernels(params[:, SIGMAS:], taps).repeat_interleave(c, axis=0)
     y = x.reshape([1, n * c, h, w])
     y = F.conv2d(y, kernels.reshape([n * c, 1, 1, taps]), padding=[0, radius], groups=n * c)
     y = F.conv2d(y, kernels.reshape([n * c, 1, taps, 1]), padding=[radius, 0], groups=n * c)
     return y.reshape([n, c, h, w])
 
 
-def device_augment(x: paddle.Tensor, params: paddle.Tensor, aug: Mapping[str, Any]) -> paddle.Tensor:
-    """Blur, solarise, clip and normalise a batch ``x [N,3,S,S]`` with per-image ``params``.
+def _per_image(values: paddle.Tensor) -> paddle.Tensor:
+    """``[N]`` values shaped ``[N, 1, 1, 1]`` to broadcast over images."""
+    return values.reshape([-1, 1, 1, 1])
 
-    Blur: the same 1-D filter horizontally then vertically, each pass one depthwise (grouped)
-    cross-correlation over all ``N*3`` channels, zero 'SAME' padding; images with ``blur_on = 0``
-    pass through unchanged. Solarise: ``x -> 1 - x`` where ``x >= 0.5`` for images with
-    ``solarize_on = 1``.
+
+def adjust_brightness(x: paddle.Tensor, delta: paddle.Tensor) -> paddle.Tensor:
+    """Additive brightness ``delta [N]`` per image, clipped to [0, 1]."""
+    return paddle.clip(x + _per_image(delta), 0.0, 1.0)
+
+
+def adjust_contrast(x: paddle.Tensor, factor: paddle.Tensor, mean_mode: str = "per_channel") -> paddle.Tensor:
+    """``f * (x - mean) + mean`` clipped, ``factor [N]``; mean per channel over H, W or, for D3, per row over W and
+    C (PASSL takes the mean over the last two axes of an HWC image)."""
+    mean = x.mean(axis=[2, 3] if mean_mode == "per_channel" else [1, 3], keepdim=True)
+    return paddle.clip((x - mean) * _per_image(factor) + mean, 0.0, 1.0)
+
+
+def adjust_saturation(x: paddle.Tensor, factor: paddle.Tensor) -> paddle.Tensor:
+    """HSV saturation times ``factor [N] >= 0`` (clipped to [0, 1]), back to RGB, clipped.
+
+    Computed in closed form: with hue and value ``v = max`` fixed, every channel ``c`` maps to
+    ``v - (v - c) * s' / s`` where ``s' / s = min(factor, 1 / s) = min(factor, v / (v - min))``.
+    """
+    v = x.max(axis=1, keepdim=True)
+    delta = v - x.min(axis=1, keepdim=True)
+    gain = paddle.minimum(_per_image(factor), v / paddle.where(delta > 0, delta, paddle.ones_like(delta)))
+    return paddle.clip(v - (v - x) * gain, 0.0, 1.0)
+
+
+def adjust_hue(x: paddle.Tensor, delta: paddle.Tensor) -> paddle.Tensor:
+    """TF's RGB -> HSV, hue shifted by ``delta [N]`` modulo 1, HSV -> RGB, clipped."""
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    v = x.max(axis=1, keepdim=True)
+    spread = v - x.min(axis=1, keepdim=True)
+    ones = paddle.ones_like(spread)
+    safe = paddle.where(spread > 0, spread, ones)
+    hue = paddle.where(v == r, (g - b) / safe, paddle.where(v == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
+    hue = paddle.where(spread > 0, hue / 6.0, paddle.zeros_like(hue))
+    hue = paddle.remainder(hue + _per_image(delta), paddle.to_tensor(1.0, dtype=x.dtype))
+    saturation = paddle.where(v > 0, spread / paddle.where(v > 0, v, ones), paddle.zeros_like(v))
+    sixths = hue * 6.0
+    channels = paddle.concat([paddle.clip(paddle.abs(sixths - 3.0) - 1.0, 0.0, 1.0),
+                              paddle.clip(2.0 - paddle.abs(sixths - 2.0), 0.0, 1.0),
+                              paddle.clip(2.0 - paddle.abs(sixths - 4.0), 0.0, 1.0)], axis=1)
+    return paddle.clip(((channels - 1.0) * saturation + 1.0) * v, 0.0, 1.0)
+
+
+def to_grayscale(x: paddle.Tensor) -> paddle.Tensor:
+    """Luma 0.2989 R + 0.5870 G + 0.1140 B replicated to 3 channels."""
+    luma = (x * paddle.to_tensor(LUMA, dtype=x.dtype).reshape([1, 3, 1, 1])).sum(axis=1, keepdim=True)
+    return luma.expand(x.shape)
+
+
+OpOnImages = Callable[[paddle.Tensor, paddle.Tensor], paddle.Tensor]
+
+
+def _apply_where(x: paddle.Tensor, selected: paddle.Tensor, op: OpOnImages, values: paddle.Tensor,
+                 fixed_shape: bool) -> paddle.Tensor:
+    """``op(image, its values)`` on the images with ``selected [N]`` true, the others unchanged.
+
+    ``fixed_shape``: ``op`` runs on the whole batch and the result is selected per image (no host
+    synchronisation, one shape: for accelerators). Otherwise only the selected images are gathered, changed and
+    scattered back (the CPU path: no work on the others). Equal up to float rounding.
+    """
+    if fixed_shape:
+        return paddle.where(_per_image(selected), op(x, values), x)
+    chosen = paddle.nonzero(selected).flatten()
+    if chosen.shape[0] == 0:
+        return x
+    if chosen.shape[0] == x.shape[0]:
+        return op(x, values)
+    return paddle.scatter(x, chosen, op(paddle.gather(x, chosen), paddle.gather(values, chosen)))
+
+
+def _jitter(x: paddle.Tensor, params: paddle.Tensor, aug: Mapping[str, Any], fixed_shape: bool) -> paddle.Tensor:
+    """Colour jitter of the images with ``jitter_on``: at each of the 4 positions of its order, each image runs the
+    op its permutation puts there."""
+    mean_mode = aug["contrast_mean"]
+    ops: tuple[OpOnImages, ...] = (
+        adjust_brightness,
+        lambda y, factor: adjust_contrast(y, factor, mean_mode),
+        adjust_saturation,
+        adjust_hue,
+    )
+    jitter_on = params[:, JITTER_ON] > 0.5
+    order = params[:, JITTER_ORDER]
+    for position in range(4):
+        for op_index, op in enumerate(ops):
+            selected = paddle.logical_and(jitter_on, order[:, position] == float(op_index))
+            x = _apply_where(x, selected, op, params[:, JITTER_VALUES.start + op_index], fixed_shape)
+    return x
+
+
+def device_augment(x: paddle.Tensor, params: paddle.Tensor, aug: Mapping[str, Any],
+                   fixed_shape: bool | None = None) -> paddle.Tensor:
+    """Colour jitter, grayscale, blur, solarise, clip and normalise a batch ``x [N,3,S,S]`` with per-image
+    ``params`` (module docstring), in the paper's order.
+
+    Jitter and grayscale as in JAX (each jitter op clipped to [0, 1]). Blur: the same 1-D filter horizontally then
+    vertically, each pass one depthwise (grouped) cross-correlation over all ``N*3`` channels, zero 'SAME'
+    padding. Solarise: ``x -> 1 - x`` where ``x >= 0.5``. Images whose flag is 0 pass an op unchanged.
+    ``fixed_shape`` (default: on accelerators, not on the CPU) chooses how per-image ops run (``_apply_where``).
     """
     n, c, h, w = x.shape
     size, length = aug["image_size"], device_params_length(aug)
@@ -387,17 +412,13 @@ def device_augment(x: paddle.Tensor, params: paddle.Tensor, aug: Mapping[str, An
         raise ValueError(
             f"expected x [N, 3, {size}, {size}] and params [N, {length}], got {x.shape} and {params.shape}"
         )
+    if fixed_shape is None:
+        fixed_shape = not x.place.is_cpu_place()
     params = params.astype(x.dtype)
-    blur_on = params[:, 0] > 0.5
-    if x.place.is_cpu_place():  # convolve only the images to blur (view 2: ~10 %); equal up to float rounding
-        chosen = paddle.nonzero(blur_on).flatten()
-        y = x
-        if chosen.shape[0] > 0:
-            blurred = _blur(paddle.gather(x, chosen), paddle.gather(params, chosen), aug)
-            y = paddle.scatter(x, chosen, blurred) if chosen.shape[0] < n else blurred
-    else:  # one fixed-shape pass on accelerators, no host synchronisation
-        y = paddle.where(blur_on.reshape([n, 1, 1, 1]), _blur(x, params, aug), x)
-    solarize_on = (params[:, 1] > 0.5).reshape([n, 1, 1, 1])
+    y = _jitter(x, params, aug, fixed_shape)
+    y = _apply_where(y, params[:, GRAY_ON] > 0.5, lambda images, _: to_grayscale(images), params, fixed_shape)
+    y = _apply_where(y, params[:, BLUR_ON] > 0.5, lambda images, p: _blur(images, p, aug), params, fixed_shape)
+    solarize_on = _per_image(params[:, SOLARIZE_ON] > 0.5)
     y = paddle.where(paddle.logical_and(solarize_on, y >= 0.5), 1.0 - y, y)
     return normalize(paddle.clip(y, 0.0, 1.0), aug)
 
