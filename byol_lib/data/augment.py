@@ -164,16 +164,13 @@ def resize_matrix(in_size: int, out_size: int) -> np.ndarray:
     (TF's rule for half-pixel bicubic). TF quantises the weights to a 1024-entry table; these are exact.
     """
     pos = (np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5
-    base = np.floor(pos)
-    idx = base[:, None].astype(np.int64) + np.arange(-1, 3)
+    idx = np.floor(pos).astype(np.int64)[:, None] + np.arange(-1, 3)
     weights = _keys_cubic(pos[:, None] - idx)
-    inside = (idx >= 0) & (idx < in_size)
-    weights = np.where(inside, weights, 0.0)
+    weights[(idx < 0) | (idx >= in_size)] = 0.0
     weights /= weights.sum(axis=1, keepdims=True)
-    matrix = np.zeros((out_size, in_size), dtype=np.float64)
-    rows = np.broadcast_to(np.arange(out_size)[:, None], idx.shape)
-    matrix[rows[inside], idx[inside]] = weights[inside]
-    return matrix.astype(np.float32)
+    matrix = np.zeros((out_size, in_size + 4), dtype=np.float32)  # 2 spare columns each side take the outside taps
+    matrix[np.arange(out_size)[:, None], idx + 2] = weights  # the 4 taps of a row are distinct columns
+    return np.ascontiguousarray(matrix[:, 2:-2])
 
 
 def _resize_to_chw(image: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
