@@ -146,6 +146,17 @@ def test_bicubic_matches_per_pixel_loop(out_h: int, out_w: int) -> None:
     np.testing.assert_allclose(out, chw(ref), atol=1e-5)
 
 
+@pytest.mark.parametrize(("h", "w", "out"), [(150, 70, 50), (70, 150, 50), (30, 45, 64), (301, 77, 224)])
+def test_banded_resize_equals_the_dense_matrix_product(h: int, w: int, out: int) -> None:
+    """The resize runs block by block over each block's input band; the full float64 product is the reference
+    (several blocks, both pass orders, down- and upscaling)."""
+    img = random_image(h, w, seed=h + w)
+    rows, cols = A.resize_matrix(h, out), A.resize_matrix(w, out)
+    dense = np.einsum("oh,chw,pw->cop", rows.astype(np.float64), chw(img).astype(np.float64) / 255.0,
+                      cols.astype(np.float64))
+    np.testing.assert_allclose(A._resize_to_chw(img, rows, cols), np.clip(dense, 0.0, 1.0), atol=2e-6)
+
+
 def test_bicubic_square_output_and_crop_offset() -> None:
     img = random_image(20, 24, seed=4)
     ref = np.clip(loop_resize(img[3:13, 5:20].astype(np.float64), 8, 8) / 255.0, 0.0, 1.0)

@@ -173,15 +173,36 @@ def resize_matrix(in_size: int, out_size: int) -> np.ndarray:
     return np.ascontiguousarray(matrix[:, 2:-2])
 
 
+BAND_BLOCK = 16  # output rows (columns) per matrix product of a banded resize
+
+
+def _apply_banded(matrix: np.ndarray, x: np.ndarray, along_rows: bool) -> np.ndarray:
+    """``matrix @ x`` (``along_rows``) or ``x @ matrix.T``, ``BAND_BLOCK`` output indices at a time over only the
+    input indices that block reads: a resize matrix has 4 non-zero taps per row, so a full product would spend most
+    of its multiplications on zeros (3x slower per view at 224 px, measured in bench/loader.py's setting)."""
+    out_size = matrix.shape[0]
+    shape = (*x.shape[:-2], out_size, x.shape[-1]) if along_rows else (*x.shape[:-1], out_size)
+    out = np.empty(shape, dtype=np.float32)
+    for start in range(0, out_size, BAND_BLOCK):
+        block = matrix[start:start + BAND_BLOCK]
+        used = np.flatnonzero(block.any(axis=0))
+        low, high = used[0], used[-1] + 1
+        if along_rows:
+            out[..., start:start + BAND_BLOCK, :] = np.matmul(block[:, low:high], x[..., low:high, :])
+        else:
+            out[..., start:start + BAND_BLOCK] = np.matmul(x[..., low:high], block[:, low:high].T)
+    return out
+
+
 def _resize_to_chw(image: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Apply row/col interpolation matrices to an HxWx3 image; float32 [3, out_h, out_w] in [0, 1]."""
     x = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
     rows = rows * np.float32(1.0 / 255.0)
     h, w = x.shape[1:]
     if rows.shape[0] * w * (h + cols.shape[0]) <= cols.shape[0] * h * (w + rows.shape[0]):
-        out = np.matmul(np.matmul(rows, x), cols.T)
+        out = _apply_banded(cols, _apply_banded(rows, x, along_rows=True), along_rows=False)
     else:
-        out = np.matmul(rows, np.matmul(x, cols.T))
+        out = _apply_banded(rows, _apply_banded(cols, x, along_rows=False), along_rows=True)
     return np.clip(out, 0.0, 1.0, out=out)
 
 
