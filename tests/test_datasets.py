@@ -279,6 +279,11 @@ def test_folder_index_is_cached_outside_the_data_and_invalidated_by_a_change(
     assert np.array_equal(cached.image(4), first.image(4))
     monkeypatch.undo()
     monkeypatch.setenv("BYOL_CACHE_DIR", str(_cache_in_tmp))
+    (cache_file,) = (_cache_in_tmp / "index").iterdir()
+    cache_file.write_bytes(b"not an npz")  # a damaged cache is scanned again and rewritten
+    assert build_dataset(cfg, "val").relative_paths.tolist() == first.relative_paths.tolist()
+    assert cache_file.read_bytes()[:2] == b"PK"
+    monkeypatch.setenv("BYOL_CACHE_DIR", str(_cache_in_tmp))
     Image.fromarray(_pixels(77)).save(tree / "val" / "cat" / "d.png")
     os.utime(tree / "val" / "cat", (1e9, 1e9))  # a different time, whatever the clock's resolution
     grown = build_dataset(cfg, "val")

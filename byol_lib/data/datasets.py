@@ -28,6 +28,7 @@ import os
 import pickle
 import tarfile
 import time
+import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
@@ -198,7 +199,7 @@ def scan_folders(root: Path) -> tuple[list[str], PackedStrings, np.ndarray]:
                                                                                stored["folder_times"]):
             classes = PackedStrings(stored["class_blob"], stored["class_offsets"]).tolist()
             return classes, PackedStrings(stored["path_blob"], stored["path_offsets"]), stored["labels"]
-    except (OSError, KeyError, ValueError, EOFError):
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
         pass  # no cache, or a stale or unreadable one: scan
     started = time.time_ns()
     classes, path_list, label_list, folder_list = _walk_class_folders(root)
