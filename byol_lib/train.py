@@ -26,7 +26,7 @@ from typing import Any
 import paddle
 import paddle.nn as nn
 
-from byol_lib import console, distributed, fast, results, run_folder, runtime
+from byol_lib import amp, console, distributed, fast, results, run_folder, runtime
 from byol_lib.checkpoint import latest_checkpoint, load_checkpoint, resume_state, save_checkpoint
 from byol_lib.config import Config, ConfigError
 from byol_lib.data.augment import device_augment
@@ -154,6 +154,7 @@ class Learner:
     accum_steps: int = 1
     update_target: bool = True  # False: PASSL's frozen target (D1)
     net: nn.Layer | None = None  # what runs the forward pass: ``model``, or ``paddle.DataParallel(model)``
+    precision: amp.Precision = amp.FLOAT32  # or mixed precision (config ``amp``, byol_lib/amp.py)
 
     def __post_init__(self) -> None:
         if self.net is None:
@@ -166,27 +167,31 @@ def train_step(learner: Learner, step: int, batch: Sequence[paddle.Tensor]) -> d
     ``batch``: the loader's ``(view1, params1, view2, params2, labels)``. Batched device augmentations, then
     per chunk (``accum_steps``) the online and target networks on both views, the symmetric loss plus the online
     classifier's loss, backward; gradients averaged over chunks and ranks; the LARS step with the scheduled lr;
-    then the target moves towards the *updated* online weights with the scheduled tau.
+    then the target moves towards the *updated* online weights with the scheduled tau. Under ``amp`` the forward
+    pass runs in auto_cast; a float16 step whose scaled gradients overflowed is skipped (no LARS step, no EMA).
     """
-    lr, tau, chunks = learner.plan.lr(step), learner.plan.tau(step), learner.accum_steps
+    lr, tau, chunks, precision = learner.plan.lr(step), learner.plan.tau(step), learner.accum_steps, learner.precision
     view1, params1, view2, params2, labels = batch
     aug = learner.augmentation
     inputs = (device_augment(view1, params1, aug), device_augment(view2, params2, aug), labels)
     sums: dict[str, float] = {}
     for chunk in zip(*(paddle.split(t, chunks) for t in inputs), strict=True):
-        out = learner.net(*chunk)
-        (out["loss"] / chunks).backward()
+        with precision.autocast():
+            out = learner.net(*chunk)
+        precision.scaled(out["loss"] / chunks).backward()
         for key, value in out.items():
             sums[key] = sums.get(key, 0.0) + float(value) / chunks
     metrics = distributed.mean_over_ranks(sums, learner.ctx)
     if not math.isfinite(metrics["loss"]):
         learner.optimizer.clear_grad()
         raise NonFiniteLossError(f"loss is {metrics['loss']} (byol {metrics['byol_loss']})")
-    learner.optimizer.step(lr)
+    stepped = precision.gradients_finite(learner.optimizer.params)
+    if stepped:
+        learner.optimizer.step(lr)
     learner.optimizer.clear_grad()
-    if learner.update_target:
+    if stepped and learner.update_target:
         update_target(learner.model.online, learner.model.target, tau)
-    return {**metrics, "lr": lr, "tau": tau}
+    return {**metrics, **precision.metrics(stepped), "lr": lr, "tau": tau}
 
 
 def pretrain(cfg: Config, resume: Path | None = None, verbose: bool = True, wait: bool = False) -> Path:
@@ -271,7 +276,7 @@ def _open_run(cfg: Config, ctx: distributed.Context, resume: Path | None, wait: 
         raise ConfigError(f"{folder} holds a run of a different config; choose another run_id or output_dir")
     state = resumed or resume_state(folder / "checkpoints", model, optimizer) or {"step": 0, "extra": {}}
     learner = Learner(model, optimizer, plan, cfg["augmentation"], ctx, accum_steps=cfg["accum_steps"],
-                      update_target=cfg["model"]["update_target"])
+                      update_target=cfg["model"]["update_target"], precision=amp.precision(cfg["amp"], ctx.device))
     knn = cfg["knn_monitor"]
     knn_every = round(knn["interval_epochs"] * plan.steps_per_epoch) if knn["interval_epochs"] else 0
     monitor = None
