@@ -63,6 +63,12 @@ def synchronise_batch_norm(model: BYOL, cfg: Config, ctx: distributed.Context) -
         model.predictor = convert(model.predictor)
 
 
+def workers_sharing_cores(cfg: Config, ctx: distributed.Context) -> int:
+    """Loader processes that take cores from Paddle's CPU threads: the configured workers on the CPU, none on a GPU
+    (the step runs on the device; its host threads are left as they are)."""
+    return 0 if ctx.on_gpu else cfg["dataloader"]["train"]["num_workers"]
+
+
 def all_finite(model: nn.Layer) -> bool:
     """No NaN or infinity in any parameter or BN statistic (checked before every checkpoint)."""
     with paddle.no_grad():
@@ -200,8 +206,7 @@ def pretrain(cfg: Config, resume: Path | None = None, verbose: bool = True, wait
     ``wait``: when another process holds the run folder, wait for it instead of raising ``RunFolderBusy``.
     """
     ctx = distributed.init(cfg["device"])
-    workers = 0 if ctx.on_gpu else cfg["dataloader"]["train"]["num_workers"]
-    with runtime.cores_left_for_workers(workers), contextlib.ExitStack() as stack:
+    with runtime.cores_left_for_workers(workers_sharing_cores(cfg, ctx)), contextlib.ExitStack() as stack:
         run = _open_run(cfg, ctx, resume, wait, stack)
         if run.start_step >= run.plan.total_steps and run.previous_status == "finished":
             if verbose and ctx.is_main:
