@@ -14,7 +14,9 @@ import argparse
 import ast
 import inspect
 import re
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -358,3 +360,25 @@ def test_reproduce_on_gpus_reaches_paddles_launcher(monkeypatch: pytest.MonkeyPa
     args, unknown = _paddle_launch_args(cmd, monkeypatch)
     assert unknown == [] and args.devices == "0,1" and args.training_script_args[0] == "pretrain"
     assert "run_id=default-pretrain-s0" in args.training_script_args
+
+
+# ----------------------------------------------------------------------------- the acceptance script
+
+
+@pytest.mark.slow
+def test_gpu_check_passes_in_cpu_mode() -> None:
+    """bench/gpu_check.py --tiny on the CPU: float32 step, a two-process gloo launch with identical replicas and
+    per-process BN statistics that differ, the loader row; AMP and GPU memory marked as not measurable here."""
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--tiny", "--cpu"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    seconds = time.perf_counter() - started
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    table = lines[1:lines.index("")]
+    status = dict(re.split(r"\s{2,}", line)[:2] for line in table)
+    assert status == {"device": "pass", "one-device step, float32": "pass", "one-device step, AMP bfloat16": "n/a",
+                      "one-device step, AMP float16": "n/a", "peak GPU memory": "n/a",
+                      "two-process launch: replicas identical": "pass", "BatchNorm statistics across ranks": "pass",
+                      "loader vs step": "info"}
+    assert lines[lines.index("") + 1] == "PASS" and seconds < 60
