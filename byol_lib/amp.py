@@ -93,7 +93,8 @@ class Precision:
 
     def scaled(self, loss: paddle.Tensor) -> paddle.Tensor:
         """The float32 loss to back-propagate (multiplied by the loss scale under float16)."""
-        loss = loss.astype("float32")
+        if loss.dtype != paddle.float32:
+            loss = loss.astype("float32")
         return loss * self.scaler.scale if self.scaler is not None else loss
 
     def gradients_finite(self, params: Sequence[paddle.Tensor]) -> bool:

@@ -180,3 +180,12 @@ def test_paddles_cpu_autocast_is_a_no_op_which_is_why_amp_refuses_the_cpu() -> N
         with amp.Precision("bfloat16").autocast():
             out = layer(paddle.randn([2, 4]))
     assert out.dtype == paddle.float32
+
+
+@pytest.mark.parametrize(("precision", "factor"), [
+    (amp.Precision("bfloat16"), 1.0), (amp.Precision("float16", "O1", amp.LossScaler(scale=1024.0)), 1024.0)])
+def test_the_loss_to_backpropagate_is_float32_and_scaled_only_under_float16(precision: amp.Precision,
+                                                                              factor: float) -> None:
+    low = paddle.to_tensor(1.5).astype(precision.dtype)
+    scaled = precision.scaled(low)
+    assert scaled.dtype == paddle.float32 and scaled.item() == 1.5 * factor
