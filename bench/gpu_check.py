@@ -148,14 +148,14 @@ def one_device_rows(args: argparse.Namespace, device: str) -> tuple[list[Row], f
                 f"{device}, {args.batch} images: losses {losses[0]:.4f} .. {losses[-1]:.4f}, {step_ips:.1f} img/s")]
     if ctx.on_gpu:
         peak = paddle.device.cuda.max_memory_allocated() / 2**30
-        rows_memory = Row("peak GPU memory", "info", f"{peak:.2f} GiB allocated in the float32 steps at batch "
-                                                     f"{args.batch}")
+        memory = Row("peak GPU memory", "info", f"{peak:.2f} GiB allocated in the float32 steps at batch "
+                                               f"{args.batch}")
     else:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        rows_memory = Row("peak GPU memory", "n/a", f"on the CPU; peak RSS of this process {rss:.2f} GiB")
+        memory = Row("peak GPU memory", "n/a", f"on the CPU; peak RSS of this process {rss:.2f} GiB")
     for dtype in amp.DTYPES:
         rows.append(amp_row(args, cfg, images, batch, ctx, dtype, losses[0]))
-    return [*rows, rows_memory], step_ips
+    return [*rows, memory], step_ips
 
 
 def amp_row(args: argparse.Namespace, cfg: Config, images: ImageDataset, batch: tuple[paddle.Tensor, ...],
