@@ -264,6 +264,7 @@ def _open_run(cfg: Config, ctx: distributed.Context, resume: Path | None, wait: 
     """Dataset, plan, networks, optimiser and kNN monitor; the run folder (held on ``stack``) and the state to
     resume from."""
     fast.set_cpu_kernels(cfg["cpu_kernels"])
+    precision = amp.precision(cfg["amp"], ctx.device)  # refuses AMP on the CPU before any work
     images = build_dataset(cfg["dataloader"]["train"]["dataset"], "train")
     plan = plan_for(cfg, ctx.world_size, len(images), len(images.classes))
     cfg = {**copy.deepcopy(cfg), "derived": {**plan.derived(), "classes": list(images.classes)}}
@@ -281,7 +282,7 @@ def _open_run(cfg: Config, ctx: distributed.Context, resume: Path | None, wait: 
         raise ConfigError(f"{folder} holds a run of a different config; choose another run_id or output_dir")
     state = resumed or resume_state(folder / "checkpoints", model, optimizer) or {"step": 0, "extra": {}}
     learner = Learner(model, optimizer, plan, cfg["augmentation"], ctx, accum_steps=cfg["accum_steps"],
-                      update_target=cfg["model"]["update_target"], precision=amp.precision(cfg["amp"], ctx.device))
+                      update_target=cfg["model"]["update_target"], precision=precision)
     knn = cfg["knn_monitor"]
     knn_every = round(knn["interval_epochs"] * plan.steps_per_epoch) if knn["interval_epochs"] else 0
     monitor = None

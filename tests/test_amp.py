@@ -10,13 +10,14 @@ config's errors and the CPU refusal. What only a GPU shows is listed in README.m
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import paddle
 import pytest
 from paddle import _C_ops
 
-from byol_lib import amp
+from byol_lib import amp, cli
 from byol_lib.config import ConfigError, load_config
 from byol_lib.data.augment import device_params_length
 from byol_lib.distributed import Context, DeviceError
@@ -189,3 +190,11 @@ def test_the_loss_to_backpropagate_is_float32_and_scaled_only_under_float16(prec
     low = paddle.to_tensor(1.5).astype(precision.dtype)
     scaled = precision.scaled(low)
     assert scaled.dtype == paddle.float32 and scaled.item() == 1.5 * factor
+
+
+def test_pretraining_with_amp_on_the_cpu_stops_before_any_work(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["pretrain", "-c", str(TINY_CONFIG), "-o", f"output_dir={tmp_path / 'runs'}",
+                     "-o", "amp.enabled=true"]) == 2
+    assert "amp.enabled is true but this process runs on the CPU" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
