@@ -3,7 +3,8 @@
 The schema is the key layout of PASSL's ``configs/byol/byol_r50_IM.yaml``; its defaults are the
 paper's 300-epoch recipe (paper §5, the JAX code's 300-epoch preset): base lr 0.3 x global batch / 256, LARS (eta 1e-3,
 wd 1e-6), 10 warm-up epochs, tau_base 0.99. Every key a user can set is listed here; anything else
-is rejected with the closest valid key. ``resolve`` adds the values that depend on the world size
+is rejected with the closest valid key. A file may start from another (``_base_: other.yaml``, see
+``read_config_file``). ``resolve`` adds the values that depend on the world size
 and the dataset (global batch, learning rate, number of steps) under ``derived``.
 """
 
@@ -155,8 +156,9 @@ LINEAR_DEFAULTS: Config = {
 }
 
 # What each linear-evaluation protocol (``linear_eval.protocol``) sets where the config leaves the key empty (None);
-# the protocol itself also decides the lr selection and the testing (byol_lib.evaluate). Paper App. C.1 and the JAX
-# eval code; PASSL's configs/byol/byol_clas_r50.yaml (D18 in docs/sources.md).
+# the protocol itself also decides the lr selection and the testing (byol_lib.evaluate). ``augmentation.eval_resize``
+# picks the resizes of both linear-evaluation transforms (train crops and val: TF bicubic, or PASSL's Pillow bicubic
+# and bilinear). Paper App. C.1 and the JAX eval code; PASSL's configs/byol/byol_clas_r50.yaml (D18 in docs/sources.md).
 LINEAR_PROTOCOLS: dict[str, dict[str, Any]] = {
     "paper": {"epochs": 80, "linear_eval.head_init": "jax", "augmentation.eval_resize": "jax"},
     "passl": {"epochs": 100, "linear_eval.head_init": "passl", "augmentation.eval_resize": "passl"},
@@ -360,7 +362,11 @@ def closest_key(key: str, valid: Iterable[str]) -> str:
 # Loading, overriding, validating
 
 
+BASE_KEY = "_base_"
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
+    """One YAML file's mapping, as written (its ``_base_`` key, if any, unresolved)."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -372,6 +378,38 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
     return data
+
+
+def read_config_file(path: Path, including: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's keys with its ``_base_`` chain resolved.
+
+    ``_base_: other.yaml`` (a path relative to the including file) names a file whose keys this one starts from;
+    the base is read the same way (it may have a base of its own), then this file's keys are merged into it key by
+    key, sub-mapping by sub-mapping, this file winning (a list or value replaces the base's whole).
+    """
+    data = _read_yaml(path)
+    if BASE_KEY not in data:
+        return data
+    chain = (*including, path.resolve())
+    base_name = data.pop(BASE_KEY)
+    if not isinstance(base_name, str) or not base_name.strip():
+        raise ConfigError(f"{path}: key '{BASE_KEY}' must be the path of a config file, got {base_name!r}")
+    base_path = path.parent / base_name
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: key '{BASE_KEY}' = {base_name!r}: config file not found: {base_path}")
+    if base_path.resolve() in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, base_path.resolve()))
+        raise ConfigError(f"{path}: key '{BASE_KEY}' = {base_name!r} makes a cycle of bases: {cycle}")
+    return _deep_merge(read_config_file(base_path, chain), data)
+
+
+def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update``'s keys merged in: mappings key by key, anything else replaced."""
+    merged = dict(base)
+    for key, value in update.items():
+        both_mappings = isinstance(value, Mapping) and isinstance(merged.get(key), Mapping)
+        merged[key] = _deep_merge(merged[key], value) if both_mappings else value
+    return merged
 
 
 def _merge(base: dict[str, Any], update: Mapping[str, Any], defaults: Mapping[str, Any], source: str,
@@ -476,8 +514,9 @@ def _validate_dataroot(dataset: Config, key: str, source: str) -> None:
 
 
 def load_config(path: str | Path | None, overrides: Iterable[str] = (), schema: Schema | None = None) -> Config:
-    """Defaults <- YAML file <- ``-o`` overrides, validated. The schema follows the file's ``model.name``."""
-    data = _read_yaml(Path(path)) if path else {}
+    """Defaults <- YAML file (after its ``_base_`` chain, ``read_config_file``) <- ``-o`` overrides, validated.
+    The schema follows the file's ``model.name``."""
+    data = read_config_file(Path(path)) if path else {}
     schema = schema or schema_for(data)
     cfg = copy.deepcopy(schema.defaults)
     overrides = list(overrides)
@@ -531,8 +570,9 @@ def _translate_passl_transforms(cfg: Config, schema: Schema, source: str) -> Non
 
 def passl_original_notice(path: str | Path | None) -> str | None:
     """One line for a file recognisably PASSL's own (its ``dataloader.train.loader`` section, which this project's
-    configs never use): which semantics run, and how to get PASSL's (docs/sources.md)."""
-    if path is None or not Path(path).is_file():
+    configs never use): which semantics run, and how to get PASSL's (docs/sources.md). ``None`` for other files, and
+    on every process of a launch but rank 0 (``PADDLE_TRAINER_ID``), so that a launch prints it once."""
+    if path is None or not Path(path).is_file() or os.environ.get("PADDLE_TRAINER_ID", "0") != "0":
         return None
     try:
         data = _read_yaml(Path(path))
@@ -545,8 +585,8 @@ def passl_original_notice(path: str | Path | None) -> str | None:
         return (f"{path}: PASSL's own file, read with the paper's linear protocol and the file's values; "
                 "add -o linear_eval.protocol=passl for PASSL's (docs/sources.md, D18)")
     return (f"{path}: PASSL's own file, read as the faithful BYOL with the file's values (D7, D9; its epsilon is "
-            "unused); PASSL's algorithm: the switches of passl_head in configs/ablations/passl_deviations.yaml "
-            "(docs/sources.md)")
+            "unused); PASSL's algorithm: -c configs/byol/passl_r50_IM_ema.yaml (with its EMA hook) or "
+            "passl_r50_IM.yaml (PASSL at HEAD, target never updated) (docs/sources.md)")
 
 
 def config_kind(cfg: Config) -> str:

@@ -7,8 +7,9 @@ move the target towards the *updated* online weights with the scheduled tau.
 
 With ``accum_steps: N`` a step's batch is split into N chunks whose gradients are averaged before the
 one LARS step and one target update (the paper's batch-size ablation: BN sees batch / N). PASSL switches
-handled here: ``model.update_target: False`` (D1, the target keeps its initial weights),
-``model.init: passl`` (D6, see ``passl_init``) and ``loop_length: passl_epochs`` (D10, see ``plan.plan_for``).
+handled here (the deviations D1-D20 are in docs/sources.md): ``model.update_target: False`` (D1, the target
+keeps its initial weights), ``model.init: passl`` (D6, see ``passl_init``) and ``loop_length: passl_epochs`` (D10,
+see ``plan.plan_for``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from byol_lib.model import BYOL, build_model
 from byol_lib.optim import LARS
 from byol_lib.passl_init import passl_initialise
 from byol_lib.plan import Plan, plan_for
+from byol_lib.variants import BASELINE
 
 KIND = "pretrain"
 
@@ -214,7 +216,7 @@ def pretrain(cfg: Config, resume: Path | None = None, verbose: bool = True, wait
             return run.folder
         loader = pretrain_loader(run.images, run.cfg, ctx.rank, ctx.world_size, run.start_step)
         summary = {"run_id": run.folder.name, "kind": KIND, "status": "running",
-                   "config_hash": results.config_hash(run.cfg), "variant": cfg["variant"] or "baseline",
+                   "config_hash": results.config_hash(run.cfg), "variant": cfg["variant"] or BASELINE,
                    "grid": cfg["grid"] or None, "seed": cfg["seed"], "world_size": ctx.world_size,
                    "device": ctx.device, **results.environment()}
         # "running" only from here: a signal during the set-up above leaves the summary as it was, one from here on

@@ -160,7 +160,7 @@ def test_momentum_update_matches_numpy_and_paddle(nesterov: bool, weight_decay: 
     lrs = [0.5, 0.4, 0.3, 0.2, 0.1]
     heads = LinearHeads(w0, [1.0], momentum=0.9, nesterov=nesterov, weight_decay=weight_decay)
     for (x, y), lr in zip(batches, lrs, strict=True):
-        heads.step(paddle.to_tensor(x), paddle.to_tensor(y), [lr])
+        heads.step(x, y, [lr])
     ours = heads.head(0)
     w_ref, b_ref = numpy_sgd(w0, np.zeros(c, np.float32), batches, lrs, momentum=0.9, nesterov=nesterov,
                              weight_decay=weight_decay)
@@ -188,8 +188,8 @@ def test_heads_trained_together_equal_one_trained_alone() -> None:
     together = LinearHeads(w0, [0.3, 0.1, 0.02])
     alone = LinearHeads(w0, [0.1])
     for step in range(6):
-        x = paddle.to_tensor(rng.standard_normal((8, 9)).astype(np.float32))
-        y = paddle.to_tensor(rng.integers(0, 5, 8))
+        x = rng.standard_normal((8, 9)).astype(np.float32)
+        y = rng.integers(0, 5, 8)
         factor = 0.5 * (1 + math.cos(math.pi * step / 6))
         together.step(x, y, [0.3 * factor, 0.1 * factor, 0.02 * factor])
         alone.step(x, y, [0.1 * factor])
@@ -415,3 +415,14 @@ def test_knn_matches_brute_force_with_ties() -> None:
         60: pytest.approx(brute_knn(train, labels, test, test_labels, 60, 0.5))}
     with pytest.raises(ValueError, match="k <="):
         knn_eval(train, labels, test, test_labels, ks=(61,))
+
+
+def test_head_accuracy_matches_a_sort_of_the_logits() -> None:
+    rng = np.random.default_rng(3)
+    w, b = rng.standard_normal((6, 8)).astype(np.float32), rng.standard_normal(8).astype(np.float32)
+    x, y = rng.standard_normal((50, 6)).astype(np.float32), rng.integers(0, 8, 50)
+    top1, top5 = LinearHeads(w, [0.0], bias=b).accuracy(x, y)
+    ranked = np.argsort(-(x.astype(np.float64) @ w + b), axis=1)
+    assert top1[0] == pytest.approx(np.mean(ranked[:, 0] == y))
+    assert top5[0] == pytest.approx(np.mean((ranked[:, :5] == y[:, None]).any(axis=1)))
+    assert 0 < top1[0] < top5[0] < 1

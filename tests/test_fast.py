@@ -143,6 +143,7 @@ def _train(kernels: str, steps: int) -> tuple[list[float], dict[str, np.ndarray]
 
 
 @pytest.mark.parametrize(("steps", "rtol"), [(1, 5e-5), (2, 2e-4)])
+@pytest.mark.slow
 def test_training_steps_match_the_paddle_kernels(steps: int, rtol: float, kernels: None) -> None:
     """Same initial weights and batch: losses and every weight and BN statistic after the steps agree.
 
@@ -158,6 +159,7 @@ def test_training_steps_match_the_paddle_kernels(steps: int, rtol: float, kernel
         _close(got[key], want[key], rtol, key, floor=1e-3)
 
 
+@pytest.mark.slow
 def test_config_key_cpu_kernels_selects_the_kernels_of_a_run(tmp_path: Path, kernels: None) -> None:
     """``cpu_kernels`` is validated, picks the kernels of a run, and leaves the run's numbers (nearly) unchanged."""
     with pytest.raises(ConfigError, match="cpu_kernels"):
@@ -185,6 +187,7 @@ print("parent", threads, runtime.blas_threads())
 """
 
 
+@pytest.mark.slow
 def test_blas_threads_follow_the_configured_count_and_forked_children_use_one() -> None:
     if runtime.blas_threads() is None:
         pytest.skip("numpy is not linked against OpenBLAS")
@@ -195,6 +198,7 @@ def test_blas_threads_follow_the_configured_count_and_forked_children_use_one() 
     assert out == ["child", "1", "parent", "2", "2"]
 
 
+@pytest.mark.slow
 def test_user_openblas_threads_are_left_alone() -> None:
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "BYOL_NUM_THREADS": "2"}
     out = subprocess.run([sys.executable, "-c", _THREADS_PROBE], env=env, capture_output=True, text=True,
@@ -202,6 +206,7 @@ def test_user_openblas_threads_are_left_alone() -> None:
     assert out[-3:] == ["parent", "2", "1"]
 
 
+@pytest.mark.slow
 def test_blas_training_is_bitwise_reproducible(kernels: None) -> None:
     """Aligned buffers: the same steps give the same bits (resume after a crash stays bit-identical)."""
     first_losses, first = _train("blas", 2)
@@ -222,6 +227,7 @@ print(before, inside, during, runtime.blas_threads())
 
 
 @pytest.mark.parametrize("chosen", [None, "3"])
+@pytest.mark.slow
 def test_pretraining_leaves_a_core_per_loader_worker_unless_the_user_chose(chosen: str | None) -> None:
     cores = len(os.sched_getaffinity(0))
     if runtime.blas_threads() is None or cores < 2:

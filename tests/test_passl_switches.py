@@ -49,6 +49,7 @@ def initial_state(overrides: list[str]) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("update", [False, True])
+@pytest.mark.slow
 def test_d1_target_stays_bit_identical_to_its_initialisation(update: bool, tmp_path: Path) -> None:
     overrides = ["epochs=1", "model.init=passl", f"model.update_target={update}"]  # D6 wiring checked alongside
     run = pretrain(load_config(TINY_CONFIG, [*overrides, f"output_dir={tmp_path}"]), verbose=False)
@@ -97,6 +98,7 @@ def passl_lr(t: np.ndarray, peak: float, start: float, warmup: int, t_max: int) 
     return np.where(t < warmup, start + (peak - start) * t / warmup, cosine)
 
 
+@pytest.mark.slow
 def test_d10_loop_runs_passl_epochs_while_the_schedules_follow_t_max(tmp_path: Path) -> None:
     images, batch, epochs, t_max, warmup, start = 120, 32, 2, 4, 1, 1e-4
     overrides = [f"dataloader.train.dataset.num_images={images}", f"lr_scheduler.T_max={t_max}",
@@ -141,6 +143,7 @@ def test_d10_steps_of_passl_imagenet_recipe_at_any_world_size(world: int, per_ra
     assert default["total_steps"] == default["lr_steps"] == default["tau_steps"] == 93835
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_splits_the_batch_and_keeps_the_steps(tmp_path: Path) -> None:
     cfg = load_config(TINY_CONFIG, ["epochs=1", "accum_steps=2", f"output_dir={tmp_path}"])
     run = pretrain(copy.deepcopy(cfg), verbose=False)

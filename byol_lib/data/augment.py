@@ -439,10 +439,26 @@ def _passl_eval(image: np.ndarray, short: int, size: int) -> np.ndarray:
 
 
 def linear_train_transform(image: np.ndarray, aug: Mapping[str, Any], rng: np.random.Generator) -> np.ndarray:
-    """Linear-eval training view (paper App. C.1): random resized crop (same sampler) + flip (p 0.5)."""
+    """Linear-eval training view (paper App. C.1): random resized crop (same sampler) + flip (p 0.5).
+
+    ``eval_resize: passl`` (D18, PASSL's linear protocol): ``_passl_linear_train``."""
     image = _check_image(image)
     box = sample_crop(image.shape[0], image.shape[1], aug["crop"], rng)
+    if aug["eval_resize"] == "passl":
+        return _passl_linear_train(image, box, int(aug["image_size"]), rng)
     x = crop_and_resize(image, box, int(aug["image_size"]), aug["crop"]["method"])
     if rng.random() <= LINEAR_FLIP_PROB:
         x = x[:, :, ::-1]
     return np.ascontiguousarray(x)
+
+
+def _passl_linear_train(image: np.ndarray, box: tuple[int, int, int, int], size: int,
+                        rng: np.random.Generator) -> np.ndarray:
+    """PASSL's linear-eval train transform (``ByolRandomCrop``, ``RandomHorizontalFlip``, ``Resize((S, S), bicubic)``
+    on a PIL image, /255): the crop ``box`` (PASSL's crop is the JAX draw), flipped when ``u < 0.5``, then Pillow's
+    bicubic to ``size`` (antialiased when downscaling) rounded to uint8."""
+    top, left, h, w = box
+    patch = image[top:top + h, left:left + w]
+    if rng.random() < LINEAR_FLIP_PROB:
+        patch = patch[:, ::-1]
+    return crop_and_resize(np.ascontiguousarray(patch), (0, 0, h, w), size, "passl_retry")  # Pillow's bicubic
