@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from byol_lib import amp
 from byol_lib.data.augment import AUGMENT_DEFAULTS, validate_augment
 from byol_lib.data.passl_transforms import TransformListError, augmentation_from_passl
 
@@ -110,6 +111,7 @@ PRETRAIN_DEFAULTS: Config = {
     "checkpoint": {"name": "CheckpointHook", "by_epoch": True, "interval": 1, "keep": 2},
     "knn_monitor": {"interval_epochs": 0.0, "k": 20, "temperature": 0.07, "num_train": 5000, "num_val": 1000},
     "custom_config": [],
+    "amp": dict(amp.DEFAULTS),  # off: the paper trains in float32 (byol_lib/amp.py)
 }
 
 LINEAR_DEFAULTS: Config = {
@@ -240,8 +242,10 @@ PRETRAIN = Schema(
              "use_byol_iters": (True,), "loop_length": ("schedule", "passl_epochs"),
              "model.init": ("jax", "passl"), "lr_scheduler.name": ("CosineWarmup",),
              "optimizer.name": ("LarsMomentumOptimizer",), "optimizer.formula": ("jax", "passl"),
-             "log_config.name": ("LogHook",), "checkpoint.name": ("CheckpointHook",)},
+             "log_config.name": ("LogHook",), "checkpoint.name": ("CheckpointHook",),
+             "amp.dtype": amp.DTYPES, "amp.level": amp.LEVELS},
     checks=(
+        ("amp.level", lambda v: v != "O2", amp.O2_REFUSED),
         *_positive("epochs", "global_batch_size", "total_images", "accum_steps", "model.backbone.width",
                    "model.neck.hid_channels", "model.neck.out_channels", "model.predictor.hid_channels",
                    "model.predictor.out_channels",

@@ -27,7 +27,7 @@ from typing import Any
 import paddle
 import paddle.nn as nn
 
-from byol_lib import console, distributed, fast, results, run_folder, runtime
+from byol_lib import amp, console, distributed, fast, results, run_folder, runtime
 from byol_lib.checkpoint import latest_checkpoint, load_checkpoint, resume_state, save_checkpoint
 from byol_lib.config import Config, ConfigError
 from byol_lib.data.augment import device_augment
@@ -63,6 +63,12 @@ def synchronise_batch_norm(model: BYOL, cfg: Config, ctx: distributed.Context) -
     model.online, model.target = convert(model.online), convert(model.target)
     if cfg["model"]["sync_predictor_bn"]:
         model.predictor = convert(model.predictor)
+
+
+def workers_sharing_cores(cfg: Config, ctx: distributed.Context) -> int:
+    """Loader processes that take cores from Paddle's CPU threads: the configured workers on the CPU, none on a GPU
+    (the step runs on the device; its host threads are left as they are)."""
+    return 0 if ctx.on_gpu else cfg["dataloader"]["train"]["num_workers"]
 
 
 def all_finite(model: nn.Layer) -> bool:
@@ -156,6 +162,7 @@ class Learner:
     accum_steps: int = 1
     update_target: bool = True  # False: PASSL's frozen target (D1)
     net: nn.Layer | None = None  # what runs the forward pass: ``model``, or ``paddle.DataParallel(model)``
+    precision: amp.Precision = amp.FLOAT32  # or mixed precision (config ``amp``, byol_lib/amp.py)
 
     def __post_init__(self) -> None:
         if self.net is None:
@@ -168,27 +175,31 @@ def train_step(learner: Learner, step: int, batch: Sequence[paddle.Tensor]) -> d
     ``batch``: the loader's ``(view1, params1, view2, params2, labels)``. Batched device augmentations, then
     per chunk (``accum_steps``) the online and target networks on both views, the symmetric loss plus the online
     classifier's loss, backward; gradients averaged over chunks and ranks; the LARS step with the scheduled lr;
-    then the target moves towards the *updated* online weights with the scheduled tau.
+    then the target moves towards the *updated* online weights with the scheduled tau. Under ``amp`` the forward
+    pass runs in auto_cast; a float16 step whose scaled gradients overflowed is skipped (no LARS step, no EMA).
     """
-    lr, tau, chunks = learner.plan.lr(step), learner.plan.tau(step), learner.accum_steps
+    lr, tau, chunks, precision = learner.plan.lr(step), learner.plan.tau(step), learner.accum_steps, learner.precision
     view1, params1, view2, params2, labels = batch
     aug = learner.augmentation
     inputs = (device_augment(view1, params1, aug), device_augment(view2, params2, aug), labels)
     sums: dict[str, float] = {}
     for chunk in zip(*(paddle.split(t, chunks) for t in inputs), strict=True):
-        out = learner.net(*chunk)
-        (out["loss"] / chunks).backward()
+        with precision.autocast():
+            out = learner.net(*chunk)
+        precision.scaled(out["loss"] / chunks).backward()
         for key, value in out.items():
             sums[key] = sums.get(key, 0.0) + float(value) / chunks
     metrics = distributed.mean_over_ranks(sums, learner.ctx)
     if not math.isfinite(metrics["loss"]):
         learner.optimizer.clear_grad()
         raise NonFiniteLossError(f"loss is {metrics['loss']} (byol {metrics['byol_loss']})")
-    learner.optimizer.step(lr)
+    stepped = precision.gradients_finite(learner.optimizer.params)
+    if stepped:
+        learner.optimizer.step(lr)
     learner.optimizer.clear_grad()
-    if learner.update_target:
+    if stepped and learner.update_target:
         update_target(learner.model.online, learner.model.target, tau)
-    return {**metrics, "lr": lr, "tau": tau}
+    return {**metrics, **precision.metrics(stepped), "lr": lr, "tau": tau}
 
 
 def pretrain(cfg: Config, resume: Path | None = None, verbose: bool = True, wait: bool = False) -> Path:
@@ -197,8 +208,7 @@ def pretrain(cfg: Config, resume: Path | None = None, verbose: bool = True, wait
     ``wait``: when another process holds the run folder, wait for it instead of raising ``RunFolderBusy``.
     """
     ctx = distributed.init(cfg["device"])
-    workers = 0 if ctx.on_gpu else cfg["dataloader"]["train"]["num_workers"]
-    with runtime.cores_left_for_workers(workers), contextlib.ExitStack() as stack:
+    with runtime.cores_left_for_workers(workers_sharing_cores(cfg, ctx)), contextlib.ExitStack() as stack:
         run = _open_run(cfg, ctx, resume, wait, stack)
         if run.start_step >= run.plan.total_steps and run.previous_status == "finished":
             if verbose and ctx.is_main:
@@ -256,6 +266,7 @@ def _open_run(cfg: Config, ctx: distributed.Context, resume: Path | None, wait: 
     """Dataset, plan, networks, optimiser and kNN monitor; the run folder (held on ``stack``) and the state to
     resume from."""
     fast.set_cpu_kernels(cfg["cpu_kernels"])
+    precision = amp.precision(cfg["amp"], ctx.device)  # refuses AMP on the CPU before any work
     images = build_dataset(cfg["dataloader"]["train"]["dataset"], "train")
     plan = plan_for(cfg, ctx.world_size, len(images), len(images.classes))
     cfg = {**copy.deepcopy(cfg), "derived": {**plan.derived(), "classes": list(images.classes)}}
@@ -273,7 +284,7 @@ def _open_run(cfg: Config, ctx: distributed.Context, resume: Path | None, wait: 
         raise ConfigError(f"{folder} holds a run of a different config; choose another run_id or output_dir")
     state = resumed or resume_state(folder / "checkpoints", model, optimizer) or {"step": 0, "extra": {}}
     learner = Learner(model, optimizer, plan, cfg["augmentation"], ctx, accum_steps=cfg["accum_steps"],
-                      update_target=cfg["model"]["update_target"])
+                      update_target=cfg["model"]["update_target"], precision=precision)
     knn = cfg["knn_monitor"]
     knn_every = round(knn["interval_epochs"] * plan.steps_per_epoch) if knn["interval_epochs"] else 0
     monitor = None
