@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import inspect
 import re
 import subprocess
 import sys
@@ -192,8 +191,6 @@ def test_the_environment_records_the_cuda_build(monkeypatch: pytest.MonkeyPatch)
 def test_fixed_shape_augmentation_equals_the_cpu_path() -> None:
     """The accelerators' path (every op on the whole batch, results selected per image) against the CPU path
     (only the chosen images), on a batch where each device op is on for some images and off for others."""
-    if "fixed_shape" not in inspect.signature(device_augment).parameters:
-        pytest.skip("device_augment(fixed_shape=...) arrives with the data half of issue 19 (branch h19)")
     aug = load_config(TINY_CONFIG)["augmentation"]
     n, size, length = 12, aug["image_size"], device_params_length(aug)
     rng = np.random.default_rng(0)
