@@ -54,7 +54,7 @@ from byol_lib.data.loader import pretrain_loader  # noqa: E402
 from byol_lib.ema import weights  # noqa: E402
 from byol_lib.model import build_model  # noqa: E402
 from byol_lib.plan import plan_for, resolve  # noqa: E402
-from byol_lib.train import Learner, build_optimizer, synchronise_batch_norm, train_step  # noqa: E402
+from byol_lib.train import Learner, build_optimizer, synchronize_batch_norm, train_step  # noqa: E402
 
 TINY = ROOT / "configs" / "byol" / "tiny_cpu.yaml"
 R50 = ROOT / "configs" / "byol" / "byol_r50_IM.yaml"
@@ -105,7 +105,7 @@ def open_learner(cfg: Config, images: ImageDataset, ctx: distributed.Context,
     cfg = {**cfg, "derived": plan.derived()}
     paddle.seed(cfg["seed"])
     model = build_model(cfg)
-    synchronise_batch_norm(model, cfg, ctx)
+    synchronize_batch_norm(model, cfg, ctx)
     return Learner(model, build_optimizer(model, cfg), plan, cfg["augmentation"], ctx, precision=precision), cfg
 
 

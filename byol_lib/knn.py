@@ -22,7 +22,7 @@ def knn_predict(train_features: np.ndarray, train_labels: np.ndarray, test_featu
                 chunk: int = 256) -> dict[int, np.ndarray]:
     """Weighted kNN class predictions ``[N_test]`` per ``k`` (InstDisc / DINO style), numpy, ``chunk`` rows at a time.
 
-    Features are l2-normalised; the neighbours of a test sample are the ``k`` train samples of highest cosine
+    Features are l2-normalised; the neighbors of a test sample are the ``k`` train samples of highest cosine
     similarity (equal similarities: lower train index first); each votes for its label with weight
     ``exp(similarity / temperature)`` and the class with the largest total wins (equal totals: lower class).
     """
@@ -37,10 +37,10 @@ def knn_predict(train_features: np.ndarray, train_labels: np.ndarray, test_featu
     predictions = {k: np.zeros(len(test), np.int64) for k in ks}
     for s in range(0, len(test), chunk):
         sims = test[s:s + chunk] @ train.T  # [m, n]
-        neighbours = _nearest(sims, k_max)  # [m, k_max], most similar first
-        near_sims = np.take_along_axis(sims, neighbours, axis=1).astype(np.float64)
+        neighbors = _nearest(sims, k_max)  # [m, k_max], most similar first
+        near_sims = np.take_along_axis(sims, neighbors, axis=1).astype(np.float64)
         weights = np.exp(near_sims / temperature)
-        near_labels = train_labels[neighbours]
+        near_labels = train_labels[neighbors]
         rows = np.arange(len(sims))[:, None]
         for k in ks:
             votes = np.zeros((len(sims), num_classes))

@@ -37,7 +37,7 @@ from byol_lib.ema import update_target, weights
 from byol_lib.knn import KnnMonitor
 from byol_lib.model import BYOL, build_model
 from byol_lib.optim import LARS
-from byol_lib.passl_init import passl_initialise
+from byol_lib.passl_init import passl_initialize
 from byol_lib.plan import Plan, plan_for
 from byol_lib.variants import BASELINE
 
@@ -55,7 +55,7 @@ def build_optimizer(model: BYOL, cfg: Config) -> LARS:
                 epsilon=opt["epsilon"], formula=opt["formula"])
 
 
-def synchronise_batch_norm(model: BYOL, cfg: Config, ctx: distributed.Context) -> None:
+def synchronize_batch_norm(model: BYOL, cfg: Config, ctx: distributed.Context) -> None:
     """Cross-replica BN on multi-GPU runs: encoders, projectors and (unless D4 is on) the predictor."""
     if not (ctx.on_gpu and ctx.world_size > 1 and cfg["model"]["use_synch_bn"]):
         return
@@ -273,8 +273,8 @@ def _open_run(cfg: Config, ctx: distributed.Context, resume: Path | None, wait: 
     paddle.seed(cfg["seed"])
     model = build_model(cfg)
     if cfg["model"]["init"] == "passl":
-        passl_initialise(model, align_target=cfg["model"]["align_init_network"])
-    synchronise_batch_norm(model, cfg, ctx)
+        passl_initialize(model, align_target=cfg["model"]["align_init_network"])
+    synchronize_batch_norm(model, cfg, ctx)
     optimizer = build_optimizer(model, cfg)
     resumed = load_checkpoint(resume, model, optimizer) if resume else None  # a bad file: no folder is made
     folder = Path(distributed.broadcast_object(str(_run_folder(cfg, resume, wait, stack)) if ctx.is_main else None,

@@ -355,9 +355,9 @@ def test_default_op_frequencies_per_view(view: str, seed: int) -> None:
     ops = np.zeros((n, 5), dtype=bool)  # flip, jitter, grayscale, blur, solarise
     drawn = [sampler(img, rng) for _ in range(n)]
     all_params = np.stack([params for _, params in drawn])
-    colour_only = all_params.copy()
-    colour_only[:, [A.BLUR_ON, A.SOLARIZE_ON]] = 0  # observed from the flags; solarise would hide the marker
-    views = A.device_augment(paddle.to_tensor(np.stack([x for x, _ in drawn])), paddle.to_tensor(colour_only),
+    color_only = all_params.copy()
+    color_only[:, [A.BLUR_ON, A.SOLARIZE_ON]] = 0  # observed from the flags; solarise would hide the marker
+    views = A.device_augment(paddle.to_tensor(np.stack([x for x, _ in drawn])), paddle.to_tensor(color_only),
                              identity_norm(aug)).numpy()
     sigmas = all_params[:, A.SIGMAS]
     for i, (x, params) in enumerate(zip(views, all_params, strict=True)):

@@ -32,7 +32,7 @@ from byol_lib.distributed import Context, DeviceError, select_device
 from byol_lib.ema import weights
 from byol_lib.model import BYOL
 from byol_lib.optim import LARS
-from byol_lib.train import build_optimizer, synchronise_batch_norm, workers_sharing_cores
+from byol_lib.train import build_optimizer, synchronize_batch_norm, workers_sharing_cores
 
 from .conftest import ROOT, TINY_CONFIG
 
@@ -43,7 +43,7 @@ BRANCHES: dict[tuple[str, str], tuple[str, ...]] = {
     ("byol_lib/distributed.py", "select_device"): (f"{_SELF}::test_device_selection_on_a_cuda_build",),
     ("byol_lib/distributed.py", "Context.on_gpu"): (f"{_SELF}::test_device_selection_on_a_cuda_build",),
     ("byol_lib/distributed.py", "init"): (f"{_SELF}::test_init_places_new_tensors_on_the_selected_device",),
-    ("byol_lib/train.py", "synchronise_batch_norm"): (
+    ("byol_lib/train.py", "synchronize_batch_norm"): (
         f"{_SELF}::test_sync_batch_norm_conversion_follows_the_device_world_size_and_d4",
         f"{_SELF}::test_sync_batch_norm_keeps_names_values_lars_exclusion_and_ema_weights",
         f"{_SELF}::test_sync_batch_norm_forward_needs_a_gpu"),
@@ -230,7 +230,7 @@ def test_sync_batch_norm_conversion_follows_the_device_world_size_and_d4(
         expect_predictor: bool) -> None:
     model, cfg = _model(f"model.use_synch_bn={use_sync}", f"model.sync_predictor_bn={sync_predictor}")
     counts = {part: sum(1 for _ in _norms(getattr(model, part))) for part in ("online", "target", "predictor")}
-    synchronise_batch_norm(model, cfg, Context(0, world, device))
+    synchronize_batch_norm(model, cfg, Context(0, world, device))
     for part, expected in (("online", expect_encoders), ("target", expect_encoders),
                            ("predictor", expect_predictor)):
         kinds = [type(sub) for _, sub in _norms(getattr(model, part))]
@@ -244,7 +244,7 @@ def test_sync_batch_norm_keeps_names_values_lars_exclusion_and_ema_weights() -> 
     decay and trust ratio by name, and the EMA's weights still pair online with target without BN statistics."""
     plain, cfg = _model()
     synced, _ = _model()
-    synchronise_batch_norm(synced, cfg, Context(0, 2, "gpu:0"))
+    synchronize_batch_norm(synced, cfg, Context(0, 2, "gpu:0"))
     before, after = plain.state_dict(), synced.state_dict()
     assert list(before) == list(after)
     for key in before:

@@ -32,7 +32,7 @@ AUG = {**AUGMENT_DEFAULTS, "image_size": SIZE}
 MEAN, STD = np.array(AUG["mean"], np.float32), np.array(AUG["std"], np.float32)
 
 
-class ColourImages(ImageDataset):
+class ColorImages(ImageDataset):
     """Noisy 20x20 images whose class is the dominant colour channel; records which images were read."""
 
     def __init__(self, count: int, seed: int, num_classes: int = 3) -> None:
@@ -97,14 +97,14 @@ def quick(**changes: object) -> LinearEvalSettings:
 
 
 @pytest.fixture(scope="module")
-def data() -> tuple[ColourImages, ColourImages]:
-    return ColourImages(96, seed=1), ColourImages(45, seed=2)
+def data() -> tuple[ColorImages, ColorImages]:
+    return ColorImages(96, seed=1), ColorImages(45, seed=2)
 
 
 # ----------------------------------------------------------------------------- features
 
 
-def test_compute_features_matches_numpy_and_restores_modes(data: tuple[ColourImages, ColourImages]) -> None:
+def test_compute_features_matches_numpy_and_restores_modes(data: tuple[ColorImages, ColorImages]) -> None:
     train, _ = data
     net = make_backbone()
     net.train()
@@ -210,7 +210,7 @@ def test_head_init() -> None:
 # ----------------------------------------------------------------------------- linear evaluation
 
 
-def test_paper_protocol(data: tuple[ColourImages, ColourImages]) -> None:
+def test_paper_protocol(data: tuple[ColorImages, ColorImages]) -> None:
     train, test = data
     net = make_backbone()
     net.train()  # linear_eval must freeze BN anyway, and give the mode back
@@ -246,7 +246,7 @@ def test_paper_protocol(data: tuple[ColourImages, ColourImages]) -> None:
 
 
 @pytest.mark.parametrize("augment", [False, True])
-def test_linear_eval_matches_numpy_training(data: tuple[ColourImages, ColourImages], augment: bool) -> None:
+def test_linear_eval_matches_numpy_training(data: tuple[ColorImages, ColorImages], augment: bool) -> None:
     """The whole paper protocol replayed in numpy: split, data order, views, batches, cosine lr, Nesterov SGD."""
     train, test = data
     net = make_backbone()
@@ -270,7 +270,7 @@ def test_linear_eval_matches_numpy_training(data: tuple[ColourImages, ColourImag
     np.testing.assert_allclose(result.head["bias"], b, rtol=1e-4, atol=1e-5)
 
 
-def test_grid_run_equals_single_lr_run(data: tuple[ColourImages, ColourImages]) -> None:
+def test_grid_run_equals_single_lr_run(data: tuple[ColorImages, ColorImages]) -> None:
     train, test = data
     net = make_backbone()
     grid = linear_eval(net, train, test, AUG, quick())
@@ -285,7 +285,7 @@ def test_grid_run_equals_single_lr_run(data: tuple[ColourImages, ColourImages]) 
 
 
 @pytest.mark.parametrize(("grid", "direction"), [((0.004, 0.002), 2.0), ((50.0, 100.0), 0.5)])
-def test_a_choice_at_the_grid_edge_extends_the_grid(data: tuple[ColourImages, ColourImages], grid: tuple,
+def test_a_choice_at_the_grid_edge_extends_the_grid(data: tuple[ColorImages, ColorImages], grid: tuple,
                                                     direction: float) -> None:
     """Too low (high) a grid: lrs x2 (/2) are added beyond the edge until the choice is inside, at most
     ``extend_grid`` times; the outcome equals a plain run of the grid holding every lr tried."""
@@ -307,7 +307,7 @@ def test_a_choice_at_the_grid_edge_extends_the_grid(data: tuple[ColourImages, Co
 
 
 @pytest.mark.parametrize("augment", [False, True])
-def test_standardised_heads_fold_into_a_raw_feature_head(data: tuple[ColourImages, ColourImages],
+def test_standardised_heads_fold_into_a_raw_feature_head(data: tuple[ColorImages, ColorImages],
                                                          augment: bool) -> None:
     """With ``standardize`` the heads see (x - mean) / sd of the train part; the returned head takes raw features
     and reproduces the reported accuracy and predictions, and the run equals one on features standardised here."""
@@ -329,7 +329,7 @@ def test_standardised_heads_fold_into_a_raw_feature_head(data: tuple[ColourImage
     assert by_hand.chosen_lr == result.chosen_lr and by_hand.test_top1 == pytest.approx(result.test_top1)
 
 
-def test_passl_protocol(data: tuple[ColourImages, ColourImages]) -> None:
+def test_passl_protocol(data: tuple[ColorImages, ColorImages]) -> None:
     train, test = data
     net = make_backbone()
     logged: list[dict] = []
@@ -349,7 +349,7 @@ def test_passl_protocol(data: tuple[ColourImages, ColourImages]) -> None:
     assert evaluate_head(net, result.head, test, AUG, batch_size=16)["top1"] == result.test_top1
 
 
-def test_resnet_backbone_is_frozen(data: tuple[ColourImages, ColourImages]) -> None:
+def test_resnet_backbone_is_frozen(data: tuple[ColorImages, ColorImages]) -> None:
     train, test = data
     paddle.seed(0)
     net = ResNet(18, "cifar", 4)
@@ -366,7 +366,7 @@ def test_resnet_backbone_is_frozen(data: tuple[ColourImages, ColourImages]) -> N
 
 
 def test_settings_are_checked() -> None:
-    train = ColourImages(12, seed=0)
+    train = ColorImages(12, seed=0)
     with pytest.raises(ValueError, match="holdout"):
         linear_eval(make_backbone(), train, train, AUG, quick(holdout=0))
     with pytest.raises(ValueError, match="protocol"):

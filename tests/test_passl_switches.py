@@ -18,7 +18,7 @@ from byol_lib.data.augment import device_augment
 from byol_lib.data.datasets import build_dataset
 from byol_lib.data.loader import pretrain_loader
 from byol_lib.model import build_model
-from byol_lib.passl_init import passl_initialise
+from byol_lib.passl_init import passl_initialize
 from byol_lib.plan import lr_at, resolve, tau_at
 from byol_lib.results import read_metrics
 from byol_lib.train import pretrain
@@ -44,7 +44,7 @@ def initial_state(overrides: list[str]) -> dict[str, np.ndarray]:
     paddle.seed(cfg["seed"])
     model = build_model(cfg)
     if cfg["model"]["init"] == "passl":
-        passl_initialise(model, align_target=cfg["model"]["align_init_network"])
+        passl_initialize(model, align_target=cfg["model"]["align_init_network"])
     return {k: v.numpy() for k, v in model.state_dict().items()}
 
 
@@ -65,7 +65,7 @@ def test_d6_convolutions_are_untruncated_normal_and_linears_keep_paddle_defaults
     paddle.seed(3)
     model = build_model(cfg)
     ours = {k: v.numpy() for k, v in model.state_dict().items()}
-    passl_initialise(model, align_target=True)
+    passl_initialize(model, align_target=True)
     convs = [(n, layer) for n, layer in model.named_sublayers() if isinstance(layer, paddle.nn.Conv2D)]
     big = [(n, layer) for n, layer in convs if layer.weight.size >= 20000]
     assert len(convs) >= 20 and len(big) >= 4
