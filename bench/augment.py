@@ -1,13 +1,13 @@
-"""Images/s of the augmentation pipeline: batched device blur + solarise, and the pretraining loader.
+"""Images/s of the augmentation pipeline: the batched device stage, and the pretraining loader.
 
     python bench/augment.py [--batch 64] [--size 224] [--repeats 5] [--loader-steps 20] [--loader-batch 128]
 
-1. ``device_augment`` (blur as one depthwise conv per direction over the whole batch, then solarise,
-   clip, normalise) against a Python loop doing the same per image (PASSL's approach: a horizontal and
-   a vertical conv call per image), in the same run, on views of matplotlib's sample photo drawn by
-   ``ViewSampler``. The two paths are checked to agree before timing. Run twice: with view-1 parameters
+1. ``device_augment`` (colour jitter, grayscale, blur as one depthwise conv per direction over the whole batch,
+   solarise, clip, normalise) against a Python loop calling it on one image at a time (PASSL's approach for the
+   blur: a horizontal and a vertical conv call per image), in the same run, on views of matplotlib's sample photo
+   drawn by ``ViewSampler``. The two paths are checked to agree before timing. Run twice: with view-1 parameters
    (blur always on) and view-2 parameters (blur on ~10 % of images; the loop skips the others, and so does
-   the batched path on the CPU: it gathers the images to blur, convolves them, scatters them back).
+   the batched path on the CPU: it gathers the images an op applies to, changes them, scatters them back).
 2. ``pretrain_loader`` on the embedded Synthetic dataset at 32 px with 0 and 2 workers: one image = its
    two views (CPU part of the pipeline, no device ops); the first batch (worker start-up) is not timed.
 
@@ -33,38 +33,25 @@ THREADS = runtime.configure()
 
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
-import paddle.nn.functional as F  # noqa: E402
 
-from byol_lib.config import load_config, resolve  # noqa: E402
+from byol_lib.config import load_config  # noqa: E402
 from byol_lib.data.augment import (  # noqa: E402
     AUGMENT_DEFAULTS,
+    BLUR_ON,
+    SOLARIZE_ON,
     ViewSampler,
-    blur_kernels,
     blur_taps,
     device_augment,
-    normalize,
 )
 from byol_lib.data.datasets import build_dataset  # noqa: E402
 from byol_lib.data.loader import pretrain_loader  # noqa: E402
 from byol_lib.data.preview import sample_photo  # noqa: E402
+from byol_lib.plan import resolve  # noqa: E402
 
 
-def per_image_augment(x: paddle.Tensor, params: np.ndarray, aug: Mapping[str, Any]) -> paddle.Tensor:
-    """The device ops one image at a time: blur (2 conv calls) if on, solarise if on, clip, normalise."""
-    size = x.shape[-1]
-    taps = blur_taps(size, aug["blur"]["kernel_fraction"])
-    radius = taps // 2
-    outs = []
-    for i in range(x.shape[0]):
-        y = x[i:i + 1]
-        if params[i, 0] > 0.5:
-            kernel = blur_kernels(paddle.to_tensor(params[i:i + 1, 2:]), taps).expand([3, taps])
-            y = F.conv2d(y, kernel.reshape([3, 1, 1, taps]), padding=[0, radius], groups=3)
-            y = F.conv2d(y, kernel.reshape([3, 1, taps, 1]), padding=[radius, 0], groups=3)
-        if params[i, 1] > 0.5:
-            y = paddle.where(y >= 0.5, 1.0 - y, y)
-        outs.append(normalize(paddle.clip(y, 0.0, 1.0), aug))
-    return paddle.concat(outs)
+def per_image_augment(x: paddle.Tensor, params: paddle.Tensor, aug: Mapping[str, Any]) -> paddle.Tensor:
+    """The device stage one image at a time."""
+    return paddle.concat([device_augment(x[i:i + 1], params[i:i + 1], aug) for i in range(x.shape[0])])
 
 
 def timed(fn: Callable[[], Any]) -> float:
@@ -81,14 +68,14 @@ def bench_device(aug: Mapping[str, Any], view: str, batch: int, repeats: int) ->
     x = paddle.to_tensor(np.stack([d[0] for d in drawn]))
     params = np.stack([d[1] for d in drawn])
     params_t = paddle.to_tensor(params)
-    np.testing.assert_allclose(device_augment(x, params_t, aug).numpy(), per_image_augment(x, params, aug).numpy(),
+    np.testing.assert_allclose(device_augment(x, params_t, aug).numpy(), per_image_augment(x, params_t, aug).numpy(),
                                atol=1e-5)
     batched, looped = [], []
     for _ in range(repeats):  # after the check above (a warm-up of both); interleaved: same load on both
         batched.append(timed(lambda: device_augment(x, params_t, aug).numpy()))
-        looped.append(timed(lambda: per_image_augment(x, params, aug).numpy()))
+        looped.append(timed(lambda: per_image_augment(x, params_t, aug).numpy()))
     b, loop = statistics.median(batched), statistics.median(looped)
-    blurred, solarised = int(params[:, 0].sum()), int(params[:, 1].sum())
+    blurred, solarised = int(params[:, BLUR_ON].sum()), int(params[:, SOLARIZE_ON].sum())
     print(f"  {view} params ({blurred}/{batch} blurred, {solarised}/{batch} solarised):")
     print(f"    batched device_augment: {batch / b:8.1f} images/s  ({b * 1000:6.1f} ms/batch)")
     print(f"    per-image loop:         {batch / loop:8.1f} images/s  ({loop * 1000:6.1f} ms/batch)")
@@ -120,8 +107,8 @@ def main() -> None:
     aug = copy.deepcopy(AUGMENT_DEFAULTS)
     aug["image_size"] = args.size
     taps = blur_taps(args.size, aug["blur"]["kernel_fraction"])
-    print(f"Device blur + solarise + clip + normalise, batch {args.batch} at {args.size}x{args.size} "
-          f"({taps}-tap blur), paddle {paddle.__version__}, {THREADS} threads")
+    print(f"Device stage (jitter, grayscale, blur, solarise, clip, normalise), batch {args.batch} at "
+          f"{args.size}x{args.size} ({taps}-tap blur), paddle {paddle.__version__}, {THREADS} threads")
     for view in ("view1", "view2"):
         bench_device(aug, view, args.batch, args.repeats)
     print(f"pretrain_loader, Synthetic 32x32, batch {args.loader_batch} (two views per image), {THREADS} threads "

@@ -20,7 +20,8 @@ import paddle
 from byol_lib.config import load_config
 from byol_lib.data.augment import eval_transform, normalize
 from byol_lib.data.datasets import build_dataset
-from byol_lib.evaluate import compute_features, knn_eval
+from byol_lib.evaluate import compute_features
+from byol_lib.knn import knn_eval
 from byol_lib.linear import build_backbone, load_pretrained
 
 

@@ -49,9 +49,10 @@ import paddle.nn as nn  # noqa: E402
 import paddle.nn.functional as F  # noqa: E402
 
 from byol_lib import fast  # noqa: E402
-from byol_lib.config import load_config, resolve  # noqa: E402
+from byol_lib.config import load_config  # noqa: E402
 from byol_lib.ema import update_target  # noqa: E402
 from byol_lib.model import build_model  # noqa: E402
+from byol_lib.plan import resolve  # noqa: E402
 from byol_lib.train import build_optimizer  # noqa: E402
 
 NAMES = ("naive", "project", "fast")

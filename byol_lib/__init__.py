@@ -2,6 +2,6 @@
 
 from byol_lib import runtime as _runtime
 
-_runtime.configure()
+_runtime.configure_on_paddle_import()
 
 __version__ = "0.1.0"

@@ -35,13 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from byol_lib import console, results, run_folder, runtime
+from byol_lib.choices import DEFAULT_MAX_SEEDS, DEFAULT_SEEDS, RESULTS_DIR, STUDY_NAME
 from byol_lib.comparisons import CONFIDENCE, Comparison, write_comparisons
 from byol_lib.config import ConfigError, backbone_overrides, load_config
 from byol_lib.stats import seeds_needed
 from byol_lib.variants import BASELINE, Grid, Variant, load_grid, variant_config, variant_overrides
 
 RECORDED_BY = "ablation runner"
-DEFAULT_MAX_SEEDS = 8
 Wave = dict[str, list[int]]  # the seeds each variant runs next
 
 
@@ -57,8 +57,8 @@ class Launch:
         return bool(self.nproc_per_node or self.gpus)
 
     def args(self) -> list[str]:
-        return [*(["--nproc_per_node", str(self.nproc_per_node)] if self.nproc_per_node else []),
-                *(["--gpus", self.gpus] if self.gpus else [])]
+        return [*(["--nproc-per-node", str(self.nproc_per_node)] if self.nproc_per_node else []),
+                *(["--devices", self.gpus] if self.gpus else [])]
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class Settings:
     """What every job of a batch shares."""
 
     results_dir: Path
-    study: str = "ablation"
+    study: str = STUDY_NAME
     pretrain_config: Path | None = None  # None: each grid's own ``base``
     linear_config: Path | None = None  # None: each grid's own ``linear``
     pretrain_overrides: tuple[str, ...] = ()
@@ -98,7 +98,7 @@ class Outcome:
 
 
 def plan(grid_files: Sequence[str | Path], settings: Settings, variants: Sequence[str] | None = None,
-         seeds: Sequence[int] = (0,)) -> list[Job]:
+         seeds: Sequence[int] = DEFAULT_SEEDS) -> list[Job]:
     """The jobs of a batch, checked: every variant's config loads, shared run ids mean identical configs."""
     grids = [load_grid(path) for path in grid_files]
     if variants is not None:
@@ -180,7 +180,7 @@ def _clear_record(folder: Path) -> None:
 
 def _pretrain(job: Job, settings: Settings, overrides: list[str]) -> dict[str, Any]:
     """Pretrain the job's variant (in this process or launched); return its config."""
-    from byol_lib.distributed import run_pretraining
+    from byol_lib.launch import run_pretraining
 
     try:
         return run_pretraining(job.pretrain_config, overrides, settings.launch.nproc_per_node, settings.launch.gpus,
@@ -411,7 +411,7 @@ class Batch:
 
 
 def run_batch(grid_files: Sequence[str | Path], settings: Settings, variants: Sequence[str] | None = None,
-              seeds: Sequence[int] = (0,), max_parallel: int | None = None, threads: int | None = None,
+              seeds: Sequence[int] = DEFAULT_SEEDS, max_parallel: int | None = None, threads: int | None = None,
               verbose: bool = True, *, target: float | None = None, max_seeds: int = DEFAULT_MAX_SEEDS,
               write_comparisons: bool = True) -> Batch:
     """Run ``variants`` (None: all) x ``seeds`` and write the study's comparisons (unless ``write_comparisons`` is
@@ -441,9 +441,9 @@ def verdict_lines(comparisons: Sequence[Comparison]) -> list[str]:
 
 
 def run_ablation(grid_files: str | Path | Sequence[str | Path], variants: Sequence[str] | None = None,
-                 seeds: Sequence[int] = (0, 1), base_pretrain_cfg: str | Path | None = None,
-                 base_linear_cfg: str | Path | None = None, results_root: str | Path = "results",
-                 max_parallel: int | None = None, *, study: str = "ablation", pretrain_overrides: Sequence[str] = (),
+                 seeds: Sequence[int] = DEFAULT_SEEDS, base_pretrain_cfg: str | Path | None = None,
+                 base_linear_cfg: str | Path | None = None, results_root: str | Path = RESULTS_DIR,
+                 max_parallel: int | None = None, *, study: str = STUDY_NAME, pretrain_overrides: Sequence[str] = (),
                  linear_overrides: Sequence[str] = (), threads: int | None = None, launch: Launch | None = None,
                  verbose: bool = True) -> list[Outcome]:
     """Plan and run a batch: ``variants`` (None: all) of ``grid_files`` x ``seeds``; returns each job's outcome.

@@ -3,7 +3,8 @@
 The schema is the key layout of PASSL's ``configs/byol/byol_r50_IM.yaml``; its defaults are the
 paper's 300-epoch recipe (paper §5, the JAX code's 300-epoch preset): base lr 0.3 x global batch / 256, LARS (eta 1e-3,
 wd 1e-6), 10 warm-up epochs, tau_base 0.99. Every key a user can set is listed here; anything else
-is rejected with the closest valid key. ``resolve`` adds the values that depend on the world size
+is rejected with the closest valid key. A file may start from another (``_base_: other.yaml``, see
+``read_config_file``). ``resolve`` adds the values that depend on the world size
 and the dataset (global batch, learning rate, number of steps) under ``derived``.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from byol_lib import amp
 from byol_lib.data.augment import AUGMENT_DEFAULTS, validate_augment
 from byol_lib.data.passl_transforms import TransformListError, augmentation_from_passl
 
@@ -109,6 +111,7 @@ PRETRAIN_DEFAULTS: Config = {
     "checkpoint": {"name": "CheckpointHook", "by_epoch": True, "interval": 1, "keep": 2},
     "knn_monitor": {"interval_epochs": 0.0, "k": 20, "temperature": 0.07, "num_train": 5000, "num_val": 1000},
     "custom_config": [],
+    "amp": dict(amp.DEFAULTS),  # off: the paper trains in float32 (byol_lib/amp.py)
 }
 
 LINEAR_DEFAULTS: Config = {
@@ -153,8 +156,9 @@ LINEAR_DEFAULTS: Config = {
 }
 
 # What each linear-evaluation protocol (``linear_eval.protocol``) sets where the config leaves the key empty (None);
-# the protocol itself also decides the lr selection and the testing (byol_lib.evaluate). Paper App. C.1 and the JAX
-# eval code; PASSL's configs/byol/byol_clas_r50.yaml (D18 in docs/sources.md).
+# the protocol itself also decides the lr selection and the testing (byol_lib.evaluate). ``augmentation.eval_resize``
+# picks the resizes of both linear-evaluation transforms (train crops and val: TF bicubic, or PASSL's Pillow bicubic
+# and bilinear). Paper App. C.1 and the JAX eval code; PASSL's configs/byol/byol_clas_r50.yaml (D18 in docs/sources.md).
 LINEAR_PROTOCOLS: dict[str, dict[str, Any]] = {
     "paper": {"epochs": 80, "linear_eval.head_init": "jax", "augmentation.eval_resize": "jax"},
     "passl": {"epochs": 100, "linear_eval.head_init": "passl", "augmentation.eval_resize": "passl"},
@@ -238,8 +242,10 @@ PRETRAIN = Schema(
              "use_byol_iters": (True,), "loop_length": ("schedule", "passl_epochs"),
              "model.init": ("jax", "passl"), "lr_scheduler.name": ("CosineWarmup",),
              "optimizer.name": ("LarsMomentumOptimizer",), "optimizer.formula": ("jax", "passl"),
-             "log_config.name": ("LogHook",), "checkpoint.name": ("CheckpointHook",)},
+             "log_config.name": ("LogHook",), "checkpoint.name": ("CheckpointHook",),
+             "amp.dtype": amp.DTYPES, "amp.level": amp.LEVELS},
     checks=(
+        ("amp.level", lambda v: v != "O2", amp.O2_REFUSED),
         *_positive("epochs", "global_batch_size", "total_images", "accum_steps", "model.backbone.width",
                    "model.neck.hid_channels", "model.neck.out_channels", "model.predictor.hid_channels",
                    "model.predictor.out_channels",
@@ -356,7 +362,11 @@ def closest_key(key: str, valid: Iterable[str]) -> str:
 # Loading, overriding, validating
 
 
+BASE_KEY = "_base_"
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
+    """One YAML file's mapping, as written (its ``_base_`` key, if any, unresolved)."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -368,6 +378,38 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
     return data
+
+
+def read_config_file(path: Path, including: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's keys with its ``_base_`` chain resolved.
+
+    ``_base_: other.yaml`` (a path relative to the including file) names a file whose keys this one starts from;
+    the base is read the same way (it may have a base of its own), then this file's keys are merged into it key by
+    key, sub-mapping by sub-mapping, this file winning (a list or value replaces the base's whole).
+    """
+    data = _read_yaml(path)
+    if BASE_KEY not in data:
+        return data
+    chain = (*including, path.resolve())
+    base_name = data.pop(BASE_KEY)
+    if not isinstance(base_name, str) or not base_name.strip():
+        raise ConfigError(f"{path}: key '{BASE_KEY}' must be the path of a config file, got {base_name!r}")
+    base_path = path.parent / base_name
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: key '{BASE_KEY}' = {base_name!r}: config file not found: {base_path}")
+    if base_path.resolve() in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, base_path.resolve()))
+        raise ConfigError(f"{path}: key '{BASE_KEY}' = {base_name!r} makes a cycle of bases: {cycle}")
+    return _deep_merge(read_config_file(base_path, chain), data)
+
+
+def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update``'s keys merged in: mappings key by key, anything else replaced."""
+    merged = dict(base)
+    for key, value in update.items():
+        both_mappings = isinstance(value, Mapping) and isinstance(merged.get(key), Mapping)
+        merged[key] = _deep_merge(merged[key], value) if both_mappings else value
+    return merged
 
 
 def _merge(base: dict[str, Any], update: Mapping[str, Any], defaults: Mapping[str, Any], source: str,
@@ -472,8 +514,9 @@ def _validate_dataroot(dataset: Config, key: str, source: str) -> None:
 
 
 def load_config(path: str | Path | None, overrides: Iterable[str] = (), schema: Schema | None = None) -> Config:
-    """Defaults <- YAML file <- ``-o`` overrides, validated. The schema follows the file's ``model.name``."""
-    data = _read_yaml(Path(path)) if path else {}
+    """Defaults <- YAML file (after its ``_base_`` chain, ``read_config_file``) <- ``-o`` overrides, validated.
+    The schema follows the file's ``model.name``."""
+    data = read_config_file(Path(path)) if path else {}
     schema = schema or schema_for(data)
     cfg = copy.deepcopy(schema.defaults)
     overrides = list(overrides)
@@ -527,8 +570,9 @@ def _translate_passl_transforms(cfg: Config, schema: Schema, source: str) -> Non
 
 def passl_original_notice(path: str | Path | None) -> str | None:
     """One line for a file recognisably PASSL's own (its ``dataloader.train.loader`` section, which this project's
-    configs never use): which semantics run, and how to get PASSL's (docs/sources.md)."""
-    if path is None or not Path(path).is_file():
+    configs never use): which semantics run, and how to get PASSL's (docs/sources.md). ``None`` for other files, and
+    on every process of a launch but rank 0 (``PADDLE_TRAINER_ID``), so that a launch prints it once."""
+    if path is None or not Path(path).is_file() or os.environ.get("PADDLE_TRAINER_ID", "0") != "0":
         return None
     try:
         data = _read_yaml(Path(path))
@@ -541,8 +585,8 @@ def passl_original_notice(path: str | Path | None) -> str | None:
         return (f"{path}: PASSL's own file, read with the paper's linear protocol and the file's values; "
                 "add -o linear_eval.protocol=passl for PASSL's (docs/sources.md, D18)")
     return (f"{path}: PASSL's own file, read as the faithful BYOL with the file's values (D7, D9; its epsilon is "
-            "unused); PASSL's algorithm: the switches of passl_head in configs/ablations/passl_deviations.yaml "
-            "(docs/sources.md)")
+            "unused); PASSL's algorithm: -c configs/byol/passl_r50_IM_ema.yaml (with its EMA hook) or "
+            "passl_r50_IM.yaml (PASSL at HEAD, target never updated) (docs/sources.md)")
 
 
 def config_kind(cfg: Config) -> str:
@@ -570,106 +614,3 @@ def backbone_overrides(backbone: Mapping[str, Any]) -> list[str]:
     A run recorded before ``model.backbone.padding`` existed was padded symmetrically."""
     values = {"padding": "symmetric", **backbone} if backbone else {}
     return [f"model.backbone.{key}={values[key]}" for key in BACKBONE_KEYS if key in values]
-
-
-def passl_loader_length(num_images: int, world_size: int, per_device: int, drop_last: bool) -> int:
-    """Steps per epoch of PASSL's loader: each rank gets ceil(images / ranks) samples (padded), in batches."""
-    per_rank = math.ceil(num_images / world_size)
-    return per_rank // per_device if drop_last else math.ceil(per_rank / per_device)
-
-
-def resolve(cfg: Config, world_size: int, num_images: int, num_classes: int) -> Config:
-    """Add ``derived``: global batch, per-device batch, lr, steps, warm-up, classes. Checks consistency.
-
-    ``total_steps`` is the length of the training loop; the lr follows a schedule of ``lr_steps`` and tau one of
-    ``tau_steps``. All three are ``epochs x images // global batch`` except with ``loop_length: passl_epochs``
-    (D10), which is PASSL's arithmetic at any world size: each process takes ``sampler.batch_size`` images a step
-    (``global_batch_size`` does not change it), the loop runs ``epochs x len(PASSL's per-rank loader)`` steps, the
-    lr follows ``T_max`` and tau ``epochs x images // global_batch_size`` (the schedule batch: the configured
-    ``global_batch_size``, else the real one; the default peak lr and warm-up use it too), as in PASSL, and both
-    schedules are periodic past their end.
-    """
-    cfg = copy.deepcopy(cfg)
-    sampler = cfg["dataloader"]["train"]["sampler"]
-    configured = cfg["global_batch_size"]
-    if cfg["loop_length"] == "passl_epochs":  # D10: PASSL's per-process batch is the sampler's
-        per_device = sampler["batch_size"]
-        global_batch = per_device * world_size
-    elif configured is not None:
-        if configured % world_size:
-            raise ConfigError(f"key 'global_batch_size' = {configured} is not divisible by the {world_size} processes")
-        per_device, global_batch = configured // world_size, configured
-    else:
-        per_device = sampler["batch_size"]
-        global_batch = per_device * world_size
-    schedule_batch = configured or global_batch
-    total_images = cfg["total_images"] or num_images
-    if total_images < global_batch:
-        raise ConfigError(
-            f"the dataset has {total_images} images, fewer than one global batch of {global_batch}; "
-            "lower dataloader.train.sampler.batch_size"
-        )
-    steps_per_epoch = total_images / global_batch
-    total_steps = cfg["epochs"] * total_images // schedule_batch
-    sched = cfg["lr_scheduler"]
-    peak_lr = sched["learning_rate"]
-    if peak_lr is None:
-        peak_lr = sched["base_lr"] * schedule_batch / 256
-    if sched["end_lr"] is not None and not math.isclose(sched["end_lr"], peak_lr, rel_tol=1e-9):
-        raise ConfigError(
-            f"key 'lr_scheduler.end_lr' = {sched['end_lr']} differs from the peak learning rate {peak_lr}; "
-            "PASSL's warm-up target and cosine peak must be equal: drop end_lr or set learning_rate"
-        )
-    warmup = sched["warmup_steps"]
-    if warmup is None:
-        warmup = int(sched["warmup_epochs"] * total_images // schedule_batch)
-    lr_steps, loop_steps = total_steps, total_steps
-    if cfg["loop_length"] == "passl_epochs":  # D10: PASSL's loop length, the schedules' own horizon
-        steps_per_epoch = passl_loader_length(total_images, world_size, per_device, sampler["drop_last"])
-        loop_steps = cfg["epochs"] * steps_per_epoch
-        lr_steps = sched["T_max"] or total_steps
-    elif sched["T_max"] is not None and sched["T_max"] != total_steps:
-        raise ConfigError(
-            f"key 'lr_scheduler.T_max' = {sched['T_max']} disagrees with the run's {total_steps} steps "
-            f"(epochs x images // global batch = {cfg['epochs']} x {total_images} // {schedule_batch}); "
-            "the schedule always follows the real number of steps here: drop T_max (or set "
-            "loop_length: passl_epochs for PASSL's mismatch, D10)"
-        )
-    if warmup > lr_steps:
-        key = "warmup_steps" if sched["warmup_steps"] is not None else "warmup_epochs"
-        raise ConfigError(f"key 'lr_scheduler.{key}' = {sched[key]} gives a warm-up of {warmup} steps, longer than "
-                          f"the schedule ({lr_steps} steps); lower it")
-    if per_device % cfg["accum_steps"]:
-        raise ConfigError(f"key 'accum_steps' = {cfg['accum_steps']} does not divide the per-process batch of "
-                          f"{per_device}")
-    in_channels = backbone_channels(cfg)
-    neck, predictor = cfg["model"]["neck"], cfg["model"]["predictor"]
-    for key, given, expected in (
-        ("model.embedding_dim", cfg["model"]["embedding_dim"], in_channels),
-        ("model.neck.in_channels", neck["in_channels"], in_channels),
-        ("model.predictor.in_channels", predictor["in_channels"], neck["out_channels"]),
-    ):
-        if given is not None and given != expected:
-            raise ConfigError(f"key '{key}' = {given} but the network gives {expected} channels there")
-    if cfg["model"]["num_classes"] is not None:
-        num_classes = cfg["model"]["num_classes"]
-    cfg["derived"] = {
-        "world_size": world_size,
-        "per_device_batch": per_device,
-        "global_batch": global_batch,
-        "schedule_batch": schedule_batch,
-        "num_images": total_images,
-        "num_classes": num_classes,
-        "steps_per_epoch": steps_per_epoch,
-        "total_steps": loop_steps,
-        "lr_steps": lr_steps,
-        "tau_steps": total_steps,
-        "warmup_steps": warmup,
-        "peak_lr": peak_lr,
-        "backbone_channels": in_channels,
-    }
-    return cfg
-
-
-def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -1,4 +1,5 @@
-"""Frozen-backbone evaluation: linear evaluation (paper and PASSL protocols) and weighted kNN (D18 in docs/sources.md).
+"""Frozen-backbone features and linear evaluation (paper and PASSL protocols, D18 in docs/sources.md); kNN is in
+``knn.py``.
 
 Linear evaluation trains a linear head on the representation of a frozen backbone: no gradient reaches the
 backbone and its BN layers run in inference mode with their stored statistics, so its parameters and BN
@@ -34,13 +35,12 @@ from typing import Any
 
 import numpy as np
 import paddle
-import paddle.nn.functional as F
 from paddle.io import DataLoader, Dataset
 
 from byol_lib.data.augment import eval_transform, linear_train_transform, normalize
 from byol_lib.data.datasets import DatasetError, ImageDataset
 from byol_lib.data.loader import epoch_permutation
-from byol_lib.optim import lr_at
+from byol_lib.plan import lr_at
 
 PROTOCOLS = ("paper", "passl")
 HEAD_INITS = ("jax", "passl")
@@ -225,11 +225,12 @@ def init_head_weight(in_features: int, num_classes: int, method: str, seed: int)
 
 
 class LinearHeads:
-    """``G`` linear heads on the same features, one peak lr each, trained in lockstep by momentum SGD.
+    """``G`` linear heads on the same features, one peak lr each, trained in lockstep by momentum SGD, in numpy.
 
-    Weights are stacked ``[G, D, C]`` (biases ``[G, C]``) so one batched matmul scores every head. The update is
-    implemented here, in Paddle, because each head needs its own lr inside one stacked tensor (Paddle's
-    ``Momentum`` has one lr per parameter); it follows ``paddle.optimizer.Momentum`` exactly::
+    Weights are stacked ``[G, D, C]`` (biases ``[G, C]``) so one batched matmul scores every head. The gradient of
+    the mean softmax cross-entropy is the closed form ``x^T (softmax(logits) - onehot) / B``: a step is a few small
+    array operations instead of an autograd graph (with Paddle's autograd the heads' per-step overhead was about
+    half of a small linear evaluation). The update follows ``paddle.optimizer.Momentum`` exactly::
 
         g = grad + weight_decay * p;  v = momentum * v + g
         p = p - lr * (g + momentum * v)        (Nesterov)   or   p = p - lr * v
@@ -239,62 +240,65 @@ class LinearHeads:
                  momentum: float = 0.9, nesterov: bool = True, weight_decay: float = 0.0) -> None:
         g, (d, c) = len(lrs), weight.shape
         bias = np.zeros(c, np.float32) if bias is None else bias
-        self.weight = paddle.to_tensor(np.broadcast_to(weight, (g, d, c)).astype(np.float32), stop_gradient=False)
-        self.bias = paddle.to_tensor(np.broadcast_to(bias, (g, c)).astype(np.float32), stop_gradient=False)
+        self.weight = np.array(np.broadcast_to(weight, (g, d, c)), dtype=np.float32)
+        self.bias = np.array(np.broadcast_to(bias, (g, c)), dtype=np.float32)
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
-        self._velocity = [paddle.zeros_like(self.weight), paddle.zeros_like(self.bias)]
+        self._velocity = [np.zeros_like(self.weight), np.zeros_like(self.bias)]
 
-    def logits(self, x: paddle.Tensor) -> paddle.Tensor:
+    def logits(self, x: np.ndarray) -> np.ndarray:
         """``[G, B, C]`` logits of every head for features ``x [B, D]``."""
-        return paddle.matmul(x, self.weight) + self.bias.unsqueeze(1)
+        return np.matmul(np.asarray(x, dtype=np.float32), self.weight) + self.bias[:, None, :]
 
-    def step(self, x: paddle.Tensor, labels: paddle.Tensor, lrs: Sequence[float]) -> np.ndarray:
+    def step(self, x: np.ndarray, labels: np.ndarray, lrs: Sequence[float]) -> np.ndarray:
         """One SGD step of every head (head ``i`` with lr ``lrs[i]``) on the batch; returns the ``[G]`` losses."""
-        logits = self.logits(x)
-        g, b, c = logits.shape
-        target = labels.reshape([1, b, 1]).expand([g, b, 1])
-        losses = F.cross_entropy(logits, target, reduction="none").reshape([g, b]).mean(axis=1)
-        losses.sum().backward()
-        lr = paddle.to_tensor(np.asarray(lrs, dtype=np.float32))
-        with paddle.no_grad():
-            for param, velocity, shape in ((self.weight, self._velocity[0], [g, 1, 1]),
-                                           (self.bias, self._velocity[1], [g, 1])):
-                grad = param.grad
-                if self.weight_decay:
-                    grad = grad + self.weight_decay * param
-                velocity.scale_(self.momentum).add_(grad)
-                update = grad + velocity * self.momentum if self.nesterov else velocity
-                param.subtract_(update * lr.reshape(shape))
-                param.clear_gradient(False)
-        return losses.numpy()
+        x = np.asarray(x, dtype=np.float32)
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        shifted = self.logits(x)
+        shifted -= shifted.max(axis=-1, keepdims=True)
+        log_total = np.log(np.exp(shifted).sum(axis=-1))  # [G, B]
+        rows = np.arange(len(labels))
+        losses = (log_total - shifted[:, rows, labels]).mean(axis=1)
+        dlogits = np.exp(shifted - log_total[..., None])  # softmax
+        dlogits[:, rows, labels] -= 1.0
+        dlogits /= len(labels)
+        grads = (np.matmul(x.T, dlogits), dlogits.sum(axis=1))
+        lr = np.asarray(lrs, dtype=np.float32)
+        for param, velocity, grad, shape in ((self.weight, self._velocity[0], grads[0], (-1, 1, 1)),
+                                             (self.bias, self._velocity[1], grads[1], (-1, 1))):
+            if self.weight_decay:
+                grad = grad + np.float32(self.weight_decay) * param
+            velocity *= np.float32(self.momentum)
+            velocity += grad
+            update = grad + velocity * np.float32(self.momentum) if self.nesterov else velocity
+            param -= update * lr.reshape(shape)
+        return losses.astype(np.float64)
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """``[G, N]`` int64: every head's top-1 class for each row of ``features``."""
-        with paddle.no_grad():
-            chunks = [self.logits(paddle.to_tensor(features[s:s + EVAL_CHUNK])).argmax(axis=-1).numpy()
-                      for s in range(0, len(features), EVAL_CHUNK)]
+        chunks = [self.logits(features[s:s + EVAL_CHUNK]).argmax(axis=-1)
+                  for s in range(0, len(features), EVAL_CHUNK)]
         if not chunks:
             return np.zeros((self.weight.shape[0], 0), np.int64)
         return np.concatenate(chunks, axis=1).astype(np.int64)
 
     def accuracy(self, features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Top-1 and top-k (k = min(5, classes)) accuracy ``[G]`` of every head on cached features."""
+        """Top-1 and top-k (k = min(5, classes)) accuracy ``[G]`` of every head on cached features (top-k: fewer
+        than k classes score strictly higher than the true one)."""
         g, _, c = self.weight.shape
         k = min(TOP_K, c)
         hits1, hitsk = np.zeros(g), np.zeros(g)
-        with paddle.no_grad():
-            for s in range(0, len(features), EVAL_CHUNK):
-                logits = self.logits(paddle.to_tensor(features[s:s + EVAL_CHUNK]))
-                truth = paddle.to_tensor(labels[s:s + EVAL_CHUNK]).reshape([1, -1])
-                hits1 += (logits.argmax(axis=-1) == truth).astype("float32").sum(axis=1).numpy()
-                topk = paddle.topk(logits, k, axis=-1)[1]
-                hitsk += (topk == truth.unsqueeze(-1)).any(axis=-1).astype("float32").sum(axis=1).numpy()
+        for s in range(0, len(features), EVAL_CHUNK):
+            logits = self.logits(features[s:s + EVAL_CHUNK])
+            truth = np.asarray(labels[s:s + EVAL_CHUNK], dtype=np.int64)
+            hits1 += (logits.argmax(axis=-1) == truth).sum(axis=1)
+            true_logit = np.take_along_axis(logits, np.broadcast_to(truth[None, :, None], (g, len(truth), 1)), -1)
+            hitsk += ((logits > true_logit).sum(axis=-1) < k).sum(axis=1)
         n = max(len(features), 1)
         return hits1 / n, hitsk / n
 
     def head(self, i: int) -> dict[str, np.ndarray]:
         """Head ``i`` as ``{"weight": [D, C], "bias": [C]}`` (``paddle.nn.Linear`` layout)."""
-        return {"weight": self.weight[i].numpy(), "bias": self.bias[i].numpy()}
+        return {"weight": self.weight[i].copy(), "bias": self.bias[i].copy()}
 
 
 def holdout_split(num_images: int, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -419,7 +423,7 @@ def _train_heads(backbone: paddle.nn.Layer, train_images: ImageDataset, aug: Map
         loss_sum, seen = np.zeros(len(lrs)), 0
         for x, labels in _train_batches(backbone, train_images, aug, s, train_idx, cached, epoch):
             if affine is not None and cached is None:
-                x = paddle.to_tensor(_apply(x.numpy(), affine))
+                x = _apply(x, affine)
             if heads is None:
                 weight = init_head_weight(x.shape[1], len(train_images.classes), s.head_init, s.seed)
                 heads = LinearHeads(weight, lrs, momentum=s.momentum, nesterov=s.nesterov,
@@ -450,18 +454,18 @@ def _apply(x: np.ndarray, affine: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
 
 def _train_batches(backbone: paddle.nn.Layer, images: ImageDataset, aug: Mapping[str, Any],
                    s: LinearEvalSettings, train_idx: np.ndarray, cached: tuple[np.ndarray, np.ndarray] | None,
-                   epoch: int) -> Iterator[tuple[paddle.Tensor, paddle.Tensor]]:
-    """One epoch of ``(features, labels)`` batches: the seeded order of ``train_idx``, ``batch_size`` at a time,
+                   epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """One epoch of numpy ``(features, labels)`` batches: the seeded order of ``train_idx``, ``batch_size`` at a time,
     from the cached features (aligned with ``train_idx``) or recomputed on this epoch's random crops and flips."""
     positions = epoch_permutation(len(train_idx), s.seed, epoch)
     if cached is None:
         for x, labels in _feature_batches(backbone, images, aug, train_idx[positions], s.batch_size, True, s.seed,
                                           epoch, s.num_workers):
-            yield x, labels.reshape([-1])
+            yield x.numpy(), labels.numpy().reshape(-1)
         return
     for i in range(0, len(positions), s.batch_size):
         batch = positions[i:i + s.batch_size]
-        yield paddle.to_tensor(cached[0][batch]), paddle.to_tensor(cached[1][batch])
+        yield cached[0][batch], cached[1][batch]
 
 
 def evaluate_head(backbone: paddle.nn.Layer, head: Mapping[str, np.ndarray], images: ImageDataset,
@@ -474,96 +478,3 @@ def evaluate_head(backbone: paddle.nn.Layer, head: Mapping[str, np.ndarray], ima
     heads = LinearHeads(np.asarray(head["weight"], dtype=np.float32), [0.0], bias=np.asarray(head["bias"]))
     top1, topk = heads.accuracy(features, labels)
     return {"top1": float(top1[0]), "top5": float(topk[0])}
-
-
-# ----------------------------------------------------------------------------- kNN
-
-
-def _l2_normalize(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def knn_predict(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray, *,
-                ks: Sequence[int] = (20, 200), temperature: float = 0.07, num_classes: int | None = None,
-                chunk: int = 256) -> dict[int, np.ndarray]:
-    """Weighted kNN class predictions ``[N_test]`` per ``k`` (InstDisc / DINO style), numpy, ``chunk`` rows at a time.
-
-    Features are l2-normalised; the neighbours of a test sample are the ``k`` train samples of highest cosine
-    similarity (equal similarities: lower train index first); each votes for its label with weight
-    ``exp(similarity / temperature)`` and the class with the largest total wins (equal totals: lower class).
-    """
-    train, test = _l2_normalize(train_features), _l2_normalize(test_features)
-    train_labels = np.asarray(train_labels, np.int64)
-    n = len(train)
-    if not ks or min(ks) < 1 or max(ks) > n:
-        raise ValueError(f"kNN needs 1 <= k <= {n} (the number of train features), got ks = {list(ks)}")
-    if num_classes is None:
-        num_classes = int(train_labels.max(initial=0)) + 1
-    k_max = max(ks)
-    predictions = {k: np.zeros(len(test), np.int64) for k in ks}
-    for s in range(0, len(test), chunk):
-        sims = test[s:s + chunk] @ train.T  # [m, n]
-        neighbours = _nearest(sims, k_max)  # [m, k_max], most similar first
-        near_sims = np.take_along_axis(sims, neighbours, axis=1).astype(np.float64)
-        weights = np.exp(near_sims / temperature)
-        near_labels = train_labels[neighbours]
-        rows = np.arange(len(sims))[:, None]
-        for k in ks:
-            votes = np.zeros((len(sims), num_classes))
-            np.add.at(votes, (np.broadcast_to(rows, (len(sims), k)), near_labels[:, :k]), weights[:, :k])
-            predictions[k][s:s + chunk] = votes.argmax(axis=1)
-    return predictions
-
-
-def knn_eval(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
-             test_labels: np.ndarray, *, ks: Sequence[int] = (20, 200), temperature: float = 0.07,
-             num_classes: int | None = None, chunk: int = 256) -> dict[int, float]:
-    """Weighted kNN top-1 accuracy per ``k`` (``knn_predict``'s predictions against ``test_labels``)."""
-    test_labels = np.asarray(test_labels, np.int64)
-    if num_classes is None:
-        num_classes = int(max(np.max(train_labels, initial=0), test_labels.max(initial=0))) + 1
-    predicted = knn_predict(train_features, train_labels, test_features, ks=ks, temperature=temperature,
-                            num_classes=num_classes, chunk=chunk)
-    return {k: float((p == test_labels).sum()) / max(len(test_labels), 1) for k, p in predicted.items()}
-
-
-def _nearest(sims: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` largest entries of each row, by decreasing value then increasing index."""
-    m, n = sims.shape
-    if k == n:
-        idx = np.broadcast_to(np.arange(n), sims.shape)
-    else:
-        kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1:k]  # the k-th largest value of each row
-        candidates = sims >= kth  # k per row, more only when the k-th value is tied
-        counts = candidates.sum(axis=1)
-        idx = np.empty((m, k), dtype=np.int64)
-        plain = counts == k
-        idx[plain] = np.nonzero(candidates[plain])[1].reshape(-1, k)  # increasing index within each row
-        for row in np.flatnonzero(~plain):
-            cand = np.flatnonzero(candidates[row])
-            idx[row] = cand[np.lexsort((cand, -sims[row, cand]))[:k]]
-    order = np.argsort(-np.take_along_axis(sims, idx, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(idx, order, axis=1)
-
-
-class KnnMonitor:
-    """kNN top-1 of an encoder on fixed subsets of the train and val splits: a cheap monitor during pretraining."""
-
-    def __init__(self, dataset_cfg: Mapping[str, Any], aug: Mapping[str, Any], *, k: int, temperature: float,
-                 num_train: int, num_val: int, batch_size: int) -> None:
-        from byol_lib.data.datasets import build_dataset
-
-        def subset(count: int) -> dict[str, Any]:
-            given = dataset_cfg.get("num_images", 0)
-            return {**dataset_cfg, "num_images": min(count, given) if given else count}
-
-        self.train = build_dataset(subset(num_train), "train")
-        self.val = build_dataset(subset(num_val), "val")
-        self.aug, self.k, self.temperature, self.batch_size = aug, min(k, len(self.train)), temperature, batch_size
-
-    def __call__(self, encoder: paddle.nn.Layer) -> float:
-        train_x, train_y = compute_features(encoder, self.train, self.aug, batch_size=self.batch_size)
-        val_x, val_y = compute_features(encoder, self.val, self.aug, batch_size=self.batch_size)
-        return knn_eval(train_x, train_y, val_x, val_y, ks=(self.k,), temperature=self.temperature,
-                        num_classes=len(self.train.classes))[self.k]

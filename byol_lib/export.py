@@ -1,4 +1,5 @@
-"""Weight export: PASSL's ``tools/extract_weight.py`` and ``tools/passl2ppclas/convert.py`` (docs/sources.md).
+"""Weight export: PASSL's ``tools/extract_weight.py`` and ``tools/passl2ppclas/convert.py`` (docs/sources.md); their
+command lines (and ``byol extract``/``byol convert``) are in ``byol_lib.cli``.
 
 Inputs, all read with ``safe_pickle.load_weights`` (Paddle's and PASSL's pickles, without running code):
 
@@ -18,26 +19,23 @@ ResNet names by the rule written out in ``backbone_layout``, with every key and 
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from byol_lib.atomic import write_atomic
+from byol_lib.model import BLOCKS_PER_STAGE, BasicBlock, Bottleneck
 from byol_lib.safe_pickle import WeightFileError, dump_portable, load_weights
 
 State = dict[str, np.ndarray]
 
-ARCHS: dict[str, tuple[tuple[int, ...], int]] = {  # blocks per stage, block expansion
-    "res18": ((2, 2, 2, 2), 1),
-    "res34": ((3, 4, 6, 3), 1),
-    "res50": ((3, 4, 6, 3), 4),
-    "res101": ((3, 4, 23, 3), 4),
-}
+# PASSL's --type names for the depths byol_lib.model builds: (blocks per stage, block expansion; bottleneck from 50)
+ARCHS: dict[str, tuple[tuple[int, ...], int]] = {
+    f"res{depth}": (blocks, (Bottleneck if depth >= 50 else BasicBlock).expansion)
+    for depth, blocks in BLOCKS_PER_STAGE.items()}
 ONLINE_ENCODER_PREFIXES = ("online.encoder", "towers.0.0", "backbone")  # ours, PASSL, extracted/classifier
 PREFIX_ALIASES = {"backbone": ("online.encoder", "towers.0.0")}
 BN_TENSORS = ("weight", "bias", "_mean", "_variance")
@@ -251,60 +249,3 @@ def convert_file(checkpoint: str | os.PathLike[str], output: str | os.PathLike[s
         raise ExportError(f"{checkpoint}: {err}") from err
     save_weights(converted, output, CONVERT_SUFFIXES)
     return converted
-
-
-def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=Path,
-                        help="checkpoint of this project or of PASSL, or a classifier/extracted weight file")
-    parser.add_argument("--output", type=Path, required=True, help="output file, ending in .pdparams or .pd")
-    parser.add_argument("--prefix", default=None,
-                        help="keep only keys under PREFIX (PASSL semantics; 'backbone' also means online.encoder). "
-                             "Default: the online encoder with bare names, ready for the bare ResNet")
-    parser.add_argument("--remove_prefix", action="store_true",
-                        help="strip PREFIX from the kept keys (without it an explicit PREFIX stays, as in PASSL)")
-
-
-def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--type", dest="arch", choices=tuple(ARCHS), default="res50", help="ResNet depth")
-    parser.add_argument("--checkpoint", type=Path, required=True,
-                        help="full checkpoint (this project's or PASSL's) or an extracted backbone file")
-    parser.add_argument("--output", type=Path, required=True, help="PaddleClas weight file, ending in .pdparams")
-    parser.add_argument("--width", type=int, default=64, help="stem width the checkpoint was trained with")
-
-
-def _report_errors(action: str, run: Callable[[], State]) -> int:
-    try:
-        state = run()
-    except ExportError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"{action}: {len(state)} tensors")
-    return 0
-
-
-def run_extract(args: argparse.Namespace) -> int:
-    """Run an ``extract`` command line; exit code 2 and one ``error:`` line on bad input."""
-    return _report_errors(f"wrote {args.output}",
-                          lambda: extract_file(args.checkpoint, args.output, args.prefix, args.remove_prefix))
-
-
-def run_convert(args: argparse.Namespace) -> int:
-    """Run a ``convert`` command line; exit code 2 and one ``error:`` line on bad input."""
-    return _report_errors(f"wrote {args.output} (PaddleClas {args.arch})",
-                          lambda: convert_file(args.checkpoint, args.output, args.arch, args.width))
-
-
-def extract_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``tools/extract_weight.py``."""
-    parser = argparse.ArgumentParser(prog="tools/extract_weight.py",
-                                     description="Extract the online encoder (or any prefix) from a checkpoint")
-    add_extract_arguments(parser)
-    return run_extract(parser.parse_args(argv))
-
-
-def convert_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``tools/passl2ppclas/convert.py``."""
-    parser = argparse.ArgumentParser(prog="tools/passl2ppclas/convert.py",
-                                     description="Convert a ResNet backbone to PaddleClas 2.x parameter names")
-    add_convert_arguments(parser)
-    return run_convert(parser.parse_args(argv))

@@ -20,15 +20,16 @@ import paddle
 from byol_lib import console, distributed, results, run_folder
 from byol_lib.atomic import write_atomic
 from byol_lib.checkpoint import latest_checkpoint
+from byol_lib.choices import RANDOM_WEIGHTS
 from byol_lib.config import Config, ConfigError
 from byol_lib.data.datasets import build_dataset
-from byol_lib.evaluate import Features, LinearEvalSettings, compute_features, evaluate_head, knn_predict, linear_eval
+from byol_lib.evaluate import Features, LinearEvalSettings, compute_features, evaluate_head, linear_eval
 from byol_lib.export import ExportError, extract_online_encoder, load_any_checkpoint, save_weights
+from byol_lib.knn import knn_predict
 from byol_lib.model import ResNet
 
 KIND = "linear"
 IMAGENET_TRAIN, IMAGENET_HOLDOUT = 1281167, 10009
-RANDOM_INIT = "random"
 PROGRESS_LINES = 8  # at most this many epoch lines (+ the last) per training of heads
 PREDICTIONS = "predictions.npz"  # per test image: labels, the linear head's and each kNN's predicted class
 RANDOM_INIT_PREFIX = "random_init_"  # the same predictions of the random-init baseline, under these keys
@@ -215,7 +216,7 @@ def _run_linear_eval(cfg: Config, pretrained: str | None, load: Path | None, eva
         raise ConfigError("--evaluate-only needs --load CLASSIFIER_WEIGHTS (a saved classifier.pdparams)")
     if load is None and pretrained is None:
         raise ConfigError("no backbone weights: pass --pretrained WEIGHTS (a checkpoint or an extracted file), "
-                          f"or --pretrained {RANDOM_INIT} for the random-initialisation baseline")
+                          f"or --pretrained {RANDOM_WEIGHTS} for the random-initialisation baseline")
     train = build_dataset(cfg["dataloader"]["train"]["dataset"], "train")
     test = build_dataset(cfg["dataloader"]["val"]["dataset"], "val")
     paddle.seed(cfg["seed"])
@@ -223,7 +224,7 @@ def _run_linear_eval(cfg: Config, pretrained: str | None, load: Path | None, eva
     head = None
     if load is not None:
         head = load_classifier(backbone, load)
-    elif pretrained != RANDOM_INIT:
+    elif pretrained != RANDOM_WEIGHTS:
         load_pretrained(backbone, pretrained)
     settings = settings_from(cfg, ctx.world_size, len(train), len(train.classes))
     cfg = {**cfg, "derived": {"world_size": ctx.world_size, "batch_size": settings.batch_size,
@@ -284,7 +285,7 @@ def _run_linear_eval(cfg: Config, pretrained: str | None, load: Path | None, eva
                        "batch_size": settings.batch_size, "epochs": settings.epochs, **outcome}
             if ctx.is_main:
                 save_classifier(run_dir / "classifier.pdparams", backbone, result.head)
-            if cfg["linear_eval"]["random_init_baseline"] and pretrained != RANDOM_INIT:
+            if cfg["linear_eval"]["random_init_baseline"] and pretrained != RANDOM_WEIGHTS:
                 figures["random_init"] = _random_init_baseline(
                     cfg, train, test, settings, EpochProgress("random init", settings.epochs) if talk else None)
                 untrained = figures["random_init"].pop("predictions")

@@ -39,6 +39,7 @@ from byol_lib.loss import byol_loss, l2_normalize
 
 BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
 _BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
+BLOCKS_PER_STAGE = _BLOCKS  # by depth, public: export.py names PaddleClas tensors from it
 PADDINGS = ("same", "symmetric")
 Pads = tuple[int, int, int, int]  # top, bottom, left, right
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from byol_lib.choices import AUGMENTATION_GRID
 from byol_lib.evaluate import linear_eval
 
 
@@ -84,7 +85,6 @@ def image_noise_by_size(correct: np.ndarray, sizes: Sequence[int]) -> list[dict[
 # ----------------------------------------------------------------------------- measuring a budget
 
 BUDGET_FOLDER = "noise-budget"  # under the results folder: per-backbone head-seed evaluations and the budget
-AUGMENTATION_GRID = "configs/ablations/augmentations.yaml"
 
 
 def head_correctness(pretrain_run: Path, linear_cfg: dict[str, Any], head_seeds: Sequence[int]) -> np.ndarray:
@@ -127,7 +127,7 @@ def measure(results_dir: str | Path, epochs: Sequence[int], seeds: Sequence[int]
     from byol_lib.atomic import write_atomic, write_json
     from byol_lib.config import load_config
     from byol_lib.results import repo_root
-    from byol_lib.variants import load_grid
+    from byol_lib.variants import BASELINE, load_grid
 
     root, results = repo_root(), Path(results_dir).resolve()
     folder = results / BUDGET_FOLDER
@@ -138,19 +138,19 @@ def measure(results_dir: str | Path, epochs: Sequence[int], seeds: Sequence[int]
     budgets = []
     for epoch_count in epochs:
         study = f"noise-e{epoch_count}"
-        run_ablation(grid.source, ["baseline"], seeds, results_root=results, max_parallel=max_parallel,
-                     study=study, pretrain_overrides=[*pretrain_overrides, f"epochs={epoch_count}"],
-                     linear_overrides=linear_overrides, verbose=verbose)
+        outcomes = run_ablation(grid.source, [BASELINE], seeds, results_root=results, max_parallel=max_parallel,
+                                study=study, pretrain_overrides=[*pretrain_overrides, f"epochs={epoch_count}"],
+                                linear_overrides=linear_overrides, verbose=verbose)
+        jobs = {outcome.job.seed: outcome.job for outcome in outcomes}
         correct = []
         for seed in seeds:
             extra = [seed + 1000 * k for k in range(1, extra_heads + 1)]
             cache = folder / f"e{epoch_count}-s{seed}-h{'-'.join(map(str, extra))}.npz"
             if not cache.is_file():
-                run = results / f"{study}-baseline-pretrain-s{seed}"
-                heads = head_correctness(run, {**linear_cfg, "seed": seed}, extra)
+                heads = head_correctness(results / jobs[seed].pretrain_id, {**linear_cfg, "seed": seed}, extra)
                 write_atomic(cache, lambda handle, heads=heads: np.savez(handle, correct=heads))
             with np.load(cache) as saved:
-                standard = _standard_correctness(results / f"{study}-baseline-linear-s{seed}")
+                standard = _standard_correctness(results / jobs[seed].linear_id)
                 correct.append(np.vstack([standard, saved["correct"]]))
         stacked = np.stack(correct)  # [seeds, heads, images]
         budget = decompose(stacked).as_dict()

@@ -15,22 +15,20 @@
   ``status: failed`` with the error, then ``NotebookError`` is raised.
 
 ``build_report()`` executes ``notebooks/90_report.ipynb`` this way and converts it with nbconvert (figures
-embedded as base64 PNG, code cells hidden by default) to ``reports/report.html``. Command line::
+embedded as base64 PNG, code cells hidden by default) to ``reports/report.html``. Command lines (``byol_lib.cli``)::
 
-    python -m byol_lib.notebook run notebooks/10_pretrain.ipynb -p epochs=5 -p nproc=2
-    python -m byol_lib.notebook report [--results results] [--output reports/report.html] [--show-code]
+    byol notebook notebooks/10_pretrain.ipynb -p epochs=5 -p nproc=2
+    byol report [--results results] [--output reports/report.html] [--show-code]
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import difflib
 import logging
 import os
-import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,17 +37,16 @@ import nbformat
 import papermill
 import yaml
 
-from byol_lib import results, run_folder, runtime
+from byol_lib import choices, results, run_folder, runtime
 from byol_lib.atomic import write_atomic, write_json
-from byol_lib.registry import NOTEBOOK_RECORD, results_path
+from byol_lib.registry import NOTEBOOK_KIND, NOTEBOOK_RECORD, results_path
 
 KERNEL = "python3"
 # ipykernel warns at every start that its local TCP sockets are unencrypted: harmless, and noise in our output
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
-KIND = "notebook"
 NOTEBOOKS = results.repo_root() / "notebooks"
 REPORT_NOTEBOOK = NOTEBOOKS / "90_report.ipynb"
-REPORT_HTML = results.repo_root() / "reports" / "report.html"
+REPORT_HTML = results.repo_root() / choices.REPORT_HTML
 TEMPLATES = Path(__file__).resolve().parent  # holds report_template/: lab's template without CDN scripts
 KERNEL_ENV = {**runtime.QUIET_ENV, "TQDM_DISABLE": "1"}
 KERNEL_ENV_REMOVED = ("MPLBACKEND",)  # a CLI's "Agg" would silently drop every figure from the notebook
@@ -165,9 +162,10 @@ def record(run_dir: Path, entry: Mapping[str, Any]) -> dict[str, Any]:
     """
     with run_folder.hold(run_dir, wait=True):
         write_json(run_dir / NOTEBOOK_RECORD, dict(entry))
-        summary = results.read_summary(run_dir) or {"run_id": run_dir.name, "kind": KIND, **results.environment()}
-        summary = {**summary, "kind": summary.get("kind", KIND), "notebook": dict(entry)}
-        if summary["kind"] == KIND:  # the notebook is the whole run
+        summary = results.read_summary(run_dir) or {"run_id": run_dir.name, "kind": NOTEBOOK_KIND,
+                                                     **results.environment()}
+        summary = {**summary, "kind": summary.get("kind", NOTEBOOK_KIND), "notebook": dict(entry)}
+        if summary["kind"] == NOTEBOOK_KIND:  # the notebook is the whole run
             summary.update(status=entry["status"], error=entry["error"], wall_time_s=entry.get("wall_time_s"))
         elif entry["status"] == "failed":
             if summary.get("status") != "finished":
@@ -198,7 +196,7 @@ def run_notebook(notebook: str | Path, parameters: Mapping[str, Any] | None = No
     base = results_path(results_dir or parameters.get("results_dir"))
     if run_dir is None:
         digest = results.config_hash({"notebook": path.name, "parameters": parameters})
-        run_dir = results.new_run_dir(base, KIND, digest)
+        run_dir = results.new_run_dir(base, NOTEBOOK_KIND, digest)
     run_dir = Path(run_dir)
     if _inside(run_dir, NOTEBOOKS):
         raise ValueError(f"run folder {run_dir} is inside {NOTEBOOKS}: executed notebooks never go there")
@@ -279,35 +277,3 @@ def parse_parameter(text: str, declared: Mapping[str, Mapping[str, str]]) -> tup
         return name, yaml.safe_load(raw)
     except yaml.YAMLError as err:
         raise ParameterError(f"-p {name}: not a YAML value ({str(err).splitlines()[0]})") from None
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m byol_lib.notebook", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="execute a notebook into a run folder")
-    run.add_argument("notebook", help="e.g. notebooks/10_pretrain.ipynb")
-    run.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
-                     help="a parameter of the notebook's parameters cell (repeatable)")
-    run.add_argument("--run-dir", default=None, help="run folder (default: a new results/<utc>-notebook-<hash>)")
-    report = commands.add_parser("report", help="build the HTML report from every run in the results folder")
-    report.add_argument("--results", default=None, help="results folder (default: results)")
-    report.add_argument("--output", default=None, help=f"HTML file (default: {REPORT_HTML})")
-    report.add_argument("--show-code", action="store_true", help="keep the code cells in the HTML")
-    args = parser.parse_args(argv)
-    logging.getLogger("papermill").setLevel(logging.INFO)  # log_output: the cells' output, as it comes
-    try:
-        if args.command == "run":
-            declared = declared_parameters(args.notebook)
-            parameters = dict(parse_parameter(text, declared) for text in args.parameter)
-            done = run_notebook(args.notebook, parameters, args.run_dir, log_output=True)
-            print(f"executed notebook: {done.output}")
-        else:
-            print(f"report: {build_report(args.results, args.output, show_code=args.show_code, log_output=True)}")
-    except (UnknownParameterError, NotebookError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""LARS optimiser and the learning-rate / target-EMA schedules (docs/sources.md, deviation D8).
+"""The LARS optimiser (docs/sources.md, deviation D8); the lr it is given comes from ``plan.py``.
 
 Two LARS formulas are available:
 
@@ -28,46 +28,12 @@ state saved with one formula must not be loaded into an optimiser using the othe
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import paddle
 
 FORMULAS = ("jax", "passl")
-TAU_METHODS = ("cosine", "fixed")
-
-
-def lr_at(step: int, *, peak_lr: float, warmup_steps: int, total_steps: int, start_lr: float = 0.0,
-          periodic: bool = False) -> float:
-    """LR at 0-based ``step``: linear warm-up, cosine decay to 0, then 0 from ``total_steps`` on.
-
-    ``periodic``: PASSL's ``CosineWarmup`` past ``total_steps`` (D10): the cosine is not clamped and rises again.
-    """
-    if step < 0 or total_steps < 1 or not 0 <= warmup_steps <= total_steps:
-        raise ValueError(f"need step >= 0, total_steps >= 1, 0 <= warmup_steps <= total_steps; got "
-                         f"step={step}, warmup_steps={warmup_steps}, total_steps={total_steps}")
-    if step >= total_steps and not periodic:
-        return 0.0
-    if step < warmup_steps:
-        return start_lr + (peak_lr - start_lr) * step / warmup_steps
-    decay_steps = total_steps - warmup_steps
-    return peak_lr * 0.5 * (1.0 + math.cos(math.pi * (step - warmup_steps) / decay_steps))
-
-
-def tau_at(step: int, *, base_tau: float, total_steps: int, method: str = "cosine", periodic: bool = False) -> float:
-    """Target EMA rate at 0-based ``step``: cosine from ``base_tau`` to 1 over ``total_steps``, or fixed.
-
-    ``periodic``: PASSL's unclamped cosine past ``total_steps`` (D10): tau turns back towards ``base_tau``.
-    """
-    if method not in TAU_METHODS:
-        raise ValueError(f"method must be one of {TAU_METHODS}, got {method!r}")
-    if step < 0 or total_steps < 1:
-        raise ValueError(f"need step >= 0 and total_steps >= 1; got step={step}, total_steps={total_steps}")
-    if method == "fixed":
-        return base_tau
-    k = step if periodic else min(step, total_steps)
-    return 1.0 - (1.0 - base_tau) * (math.cos(math.pi * k / total_steps) + 1.0) / 2.0
 
 
 def excluded_by_name(param_name: str, patterns: Sequence[str]) -> bool:

@@ -32,7 +32,7 @@ def conv_std(layer: nn.Conv2D) -> float:
 
 
 @paddle.no_grad()
-def passl_initialise(model: BYOL, align_target: bool) -> None:
+def passl_initialize(model: BYOL, align_target: bool) -> None:
     """Re-draw every convolution and linear layer of ``model`` as PASSL does; copy online to target if aligned."""
     for layer in model.sublayers(include_self=True):
         if isinstance(layer, nn.Conv2D):

@@ -9,7 +9,7 @@ re-running skips finished steps and resumes an interrupted pretraining from its 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,48 +17,15 @@ import paddle
 
 from byol_lib.ablation import Settings, outcome_rows, run_batch
 from byol_lib.checkpoint import latest_checkpoint
+from byol_lib.choices import ABLATION_CHOICES, ALL_GRIDS, DEFAULT_SEEDS, DEFAULT_STUDY, PROFILES, RESULTS_DIR, Profile
 from byol_lib.config import ConfigError, load_config
 from byol_lib.console import summary_table
-from byol_lib.distributed import run_pretraining
 from byol_lib.export import convert_file, extract_file
+from byol_lib.launch import run_pretraining
 from byol_lib.linear import run_linear_eval
 from byol_lib.notebook import build_report
 from byol_lib.results import read_summary, repo_root
 from byol_lib.variants import Study, load_study
-
-
-@dataclass(frozen=True)
-class Profile:
-    """A reproduction setting: its two configs and how a data path enters them."""
-
-    name: str
-    pretrain_config: str
-    linear_config: str
-    dataset: str  # dataset name written into both configs ("" = keep the configs' own)
-    needs_data: bool
-    needs_gpu: bool
-    paddleclas_type: str
-    ablation: str = "none"  # the ablation set run by default: "none", "reduced" or "full"
-    study_budget: bool = False  # ablation runs take the study file's budget (else the profile's own configs)
-
-
-# The reduced set: variants, budget, seeds and the adaptive-seed target, with the reasoning behind them
-# (measured noise budget) in the file's comments. "full": every variant of every grid file, same budget.
-DEFAULT_STUDY = "configs/studies/default.yaml"
-ALL_GRIDS = ("configs/ablations/augmentations.yaml", "configs/ablations/passl_deviations.yaml",
-             "configs/ablations/tau.yaml", "configs/ablations/batch.yaml")
-ABLATION_CHOICES = ("none", "reduced", "full")
-
-
-PROFILES = {
-    "default": Profile("default", "configs/byol/byol_r18_synthetic.yaml", "configs/byol/linear_synthetic.yaml",
-                       "", needs_data=False, needs_gpu=False, paddleclas_type="res18", ablation="reduced",
-                       study_budget=True),
-    "cifar10": Profile("cifar10", "configs/byol/byol_r18_cifar10.yaml", "configs/byol/linear_cifar10.yaml",
-                       "CIFAR10", needs_data=True, needs_gpu=False, paddleclas_type="res18"),
-    "imagenet": Profile("imagenet", "configs/byol/byol_r50_IM.yaml", "configs/byol/byol_clas_r50.yaml",
-                        "ImageNet", needs_data=True, needs_gpu=True, paddleclas_type="res50"),
-}
 
 
 def ablation_study(profile: Profile, ablation: str) -> Study:
@@ -89,8 +56,8 @@ def data_overrides(profile: Profile, data: str | None) -> tuple[list[str], list[
             [f"dataloader.train.dataset.dataroot={root}", f"dataloader.val.dataset.dataroot={root}"])
 
 
-def reproduce(profile_name: str = "default", data: str | None = None, seeds: Sequence[int] = (0,),
-              gpus: str | None = None, nproc: int | None = None, output_dir: str | Path = "results",
+def reproduce(profile_name: str = "default", data: str | None = None, seeds: Sequence[int] = DEFAULT_SEEDS,
+              devices: str | None = None, nproc_per_node: int | None = None, output_dir: str | Path = RESULTS_DIR,
               pretrain_overrides: Sequence[str] = (), linear_overrides: Sequence[str] = (),
               report: str | Path | None = None, ablation: str | None = None,
               ablation_seeds: Sequence[int] | None = None, ablation_overrides: Sequence[str] | None = None,
@@ -119,8 +86,8 @@ def reproduce(profile_name: str = "default", data: str | None = None, seeds: Seq
         pre_id = f"{profile.name}-pretrain-s{seed}"
         print(f"== {pre_id}: pretraining", flush=True)
         pre_overrides = [*pre_data, *common, *pretrain_overrides]
-        cfg = run_pretraining(root / profile.pretrain_config, [*pre_overrides, f"run_id={pre_id}"], nproc, gpus,
-                              output / f"{pre_id}-launch-log")
+        cfg = run_pretraining(root / profile.pretrain_config, [*pre_overrides, f"run_id={pre_id}"], nproc_per_node,
+                              devices, output / f"{pre_id}-launch-log")
         run = output / pre_id
         checkpoint = latest_checkpoint(run / "checkpoints")
         if read_summary(run).get("status") != "finished" or checkpoint is None:

@@ -28,9 +28,10 @@ import pandas as pd
 import yaml
 
 from byol_lib.checkpoint import latest_checkpoint
+from byol_lib.choices import RANDOM_WEIGHTS, RESULTS_DIR
 from byol_lib.config import backbone_overrides as config_backbone_overrides
-from byol_lib.linear import RANDOM_INIT as RANDOM_INIT_WEIGHTS
 from byol_lib.results import repo_root
+from byol_lib.variants import BASELINE
 
 COLUMNS: dict[str, str] = {
     "run_id": "str", "kind": "str", "status": "str", "evaluation": "str", "variant": "str", "grid": "str",
@@ -39,15 +40,16 @@ COLUMNS: dict[str, str] = {
     "device": "str", "world_size": "Int64", "paddle_version": "str", "git_commit": "str", "pretrain_run": "str",
     "error": "str", "path": "str",
 }
-BASELINE, RANDOM_INIT = "baseline", "random init"
+RANDOM_INIT = "random init"  # the variant of the random-init baseline's rows
 ONLINE, LINEAR, KNN = "online probe", "offline linear", "kNN"
 _KNN_PREFIX = "knn_top1_k"
 NOTEBOOK_RECORD = "notebook.json"  # byol_lib.notebook's record of a notebook run, written while it runs
+NOTEBOOK_KIND = "notebook"  # the kind of a run that is a notebook alone (byol_lib.notebook)
 
 
 def results_path(results_dir: str | Path | None = None) -> Path:
     """``results_dir`` resolved against the repo root (default: ``<repo>/results``)."""
-    return repo_root() / (results_dir or "results")
+    return repo_root() / (results_dir or RESULTS_DIR)
 
 
 def read_run(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -59,7 +61,7 @@ def read_run(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         summary = json.loads((folder / "summary.json").read_text())
     else:
         record = json.loads((folder / NOTEBOOK_RECORD).read_text())
-        summary = {"run_id": folder.name, "kind": "notebook", "status": record.get("status"),
+        summary = {"run_id": folder.name, "kind": NOTEBOOK_KIND, "status": record.get("status"),
                    "error": record.get("error"), "notebook": record}
     config_file = folder / "config.yaml"
     cfg = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
@@ -133,7 +135,7 @@ def _linear_rows(base: dict[str, Any], summary: Mapping[str, Any], cfg: Mapping[
         trained = known[source]
         base.update(epochs=trained["epochs"], global_batch=trained["global_batch"], seed=trained["seed"],
                     variant=trained["variant"], grid=trained["grid"])
-    elif pretrained == RANDOM_INIT_WEIGHTS:
+    elif pretrained == RANDOM_WEIGHTS:
         base.update(variant=RANDOM_INIT, epochs=0)
     rows = _eval_rows(base, summary)
     if summary.get("kind") == "evaluate":
@@ -212,7 +214,7 @@ def resolve_weights(pretrained: str = "", results_dir: str | Path | None = None)
     pretraining run folder it lies in, if any. Otherwise a pretraining run id or folder (empty: the newest finished
     one): its latest checkpoint and its backbone.
     """
-    if pretrained == RANDOM_INIT_WEIGHTS:
+    if pretrained == RANDOM_WEIGHTS:
         return pretrained, []
     for path in (Path(pretrained), repo_root() / pretrained):
         if pretrained and path.is_file():

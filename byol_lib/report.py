@@ -231,7 +231,7 @@ def environment_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per run: where and how fast it ran."""
     columns = ["run_id", "kind", "status", "dataset", "backbone", "device", "world_size", "global_batch",
                "images_per_s", "wall_time_s", "paddle_version", "git_commit"]
-    return runs[runs["kind"] != "notebook"].drop_duplicates("run_id")[columns]
+    return runs[runs["kind"] != registry.NOTEBOOK_KIND].drop_duplicates("run_id")[columns]
 
 
 def problem_table(runs: pd.DataFrame) -> pd.DataFrame:

@@ -39,6 +39,8 @@ def config_hash(cfg: dict[str, Any]) -> str:
     location: absolute paths count relative to the output folder or the checkout they lie in (``portable``), so a
     results folder copied or moved elsewhere keeps its runs."""
     stable = {k: v for k, v in cfg.items() if k not in _VOLATILE_KEYS}
+    if isinstance(stable.get("amp"), dict) and not stable["amp"].get("enabled"):  # float32: hashes as before amp
+        del stable["amp"]
     if isinstance(stable.get("dataloader"), dict):  # loader processes change the speed, not the batches
         stable["dataloader"] = {split: {k: v for k, v in part.items() if k != "num_workers"}
                                 if isinstance(part, dict) else part for split, part in stable["dataloader"].items()}

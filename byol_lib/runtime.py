@@ -5,6 +5,9 @@ warning whenever ``OMP_NUM_THREADS`` > 1 and otherwise pins ``OMP_NUM_THREADS=1`
 then runs on one core). ``configure()`` imports Paddle quietly and sets the intra-op thread count
 through ``paddle.base.core.set_num_threads`` instead: every core by default, shared evenly between
 the processes of a local multi-process launch. It never overrides a value the user set.
+``import byol_lib`` runs ``configure_on_paddle_import()``: the quiet environment at once, the rest at the first
+``import paddle`` of the process (a one-shot import hook), so commands that never need Paddle (``byol --help``)
+never load it.
 
 numpy's OpenBLAS (the GEMMs of ``byol_lib.fast``) gets the same count in this process through its
 ``*_set_num_threads`` entry point, and one thread in forked children (DataLoader workers), as
@@ -22,10 +25,16 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
+import importlib.abc
+import importlib.util
 import logging
 import os
+import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from importlib.machinery import ModuleSpec
+from types import ModuleType
 
 QUIET_ENV = {
     "GLOG_minloglevel": "2",
@@ -39,7 +48,8 @@ _NOISY_WARNINGS = (
     "When training, we now always track global mean and variance",
 )
 _configured_threads: int | None = None
-_user_blas = False  # the user set OPENBLAS_NUM_THREADS before configure()
+_user_blas = False  # the user set OPENBLAS_NUM_THREADS before quiet()
+_quieted = False
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
 _OPENBLAS_SUFFIXES = ("64_", "_64_", "")  # scipy-openblas (numpy wheels) ILP64 names, then plain OpenBLAS
 
@@ -118,12 +128,12 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(2**31 - 1)))
 
 
-def configure() -> int:
-    """Silence Paddle's import-time noise, import it, set its thread count; return that count."""
-    global _configured_threads, _user_blas
-    if _configured_threads is not None:
-        return _configured_threads
-    user_blas = _user_blas = "OPENBLAS_NUM_THREADS" in os.environ
+def quiet() -> None:
+    """The cheap part, done on ``import byol_lib``: quiet environment, warning filters, logging, glibc's allocator."""
+    global _user_blas, _quieted
+    if _quieted:
+        return
+    _user_blas, _quieted = "OPENBLAS_NUM_THREADS" in os.environ, True  # before QUIET_ENV sets it for children
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     for message in _NOISY_WARNINGS:
@@ -132,20 +142,78 @@ def configure() -> int:
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # multi-node rendezvous requests
     keep_freed_memory()
+
+
+def _import_and_set_threads(load: Callable[[], object]) -> int:
+    """Run ``load`` (the import of Paddle) without the user's ``OMP_NUM_THREADS``, then set the thread counts."""
+    global _configured_threads
     threads = wanted_threads()
     user_omp = os.environ.pop("OMP_NUM_THREADS", None)  # avoids Paddle's import-time warning
-    import paddle
-
+    load()
     if user_omp is None:
         os.environ.pop("OMP_NUM_THREADS", None)  # Paddle's "1", not the user's choice
     else:
         os.environ["OMP_NUM_THREADS"] = user_omp
+    import paddle
+
     paddle.base.core.set_num_threads(threads)
-    if not user_blas:
+    if not _user_blas:
         set_blas_threads(threads)
         os.register_at_fork(after_in_child=lambda: set_blas_threads(1))
     _configured_threads = threads
     return threads
+
+
+def configure() -> int:
+    """Silence Paddle's import-time noise, import it, set its thread count; return that count."""
+    if _configured_threads is not None:
+        return _configured_threads
+    quiet()
+    if _HOOK in sys.meta_path:
+        sys.meta_path.remove(_HOOK)
+    return _import_and_set_threads(lambda: importlib.import_module("paddle"))
+
+
+class _ConfiguringLoader(importlib.abc.Loader):
+    """Paddle's own loader, with ``configure()``'s thread set-up around the execution of ``paddle/__init__``."""
+
+    def __init__(self, loader: importlib.abc.Loader) -> None:
+        self.loader = loader
+
+    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        _import_and_set_threads(lambda: self.loader.exec_module(module))
+
+    def __getattr__(self, name: str) -> object:  # get_source, get_resource_reader, ...: Paddle's loader answers
+        return getattr(self.loader, name)
+
+
+class _ConfigureOnPaddleImport(importlib.abc.MetaPathFinder):
+    """Finds ``paddle`` once, as the other finders do, and hands it ``_ConfiguringLoader``; then steps aside."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> ModuleSpec | None:
+        if name != "paddle":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _ConfiguringLoader(spec.loader)
+        return spec
+
+
+_HOOK = _ConfigureOnPaddleImport()
+
+
+def configure_on_paddle_import() -> None:
+    """``quiet()`` now and ``configure()`` at the first ``import paddle`` of the process, wherever it happens (at
+    once when Paddle is already imported): commands that never need Paddle (``byol --help``) never load it."""
+    quiet()
+    if "paddle" in sys.modules:
+        configure()
+    elif _configured_threads is None and _HOOK not in sys.meta_path:
+        sys.meta_path.insert(0, _HOOK)
 
 
 def threads() -> int:

@@ -146,7 +146,7 @@ def test_emitted_commands_and_slurm_script(tmp_path: Path, capsys: pytest.Captur
     argv = shlex.split(lines[4])
     assert argv[1:4] == ["-m", "byol_lib.cli", "ablate"]
     assert argv[argv.index("--variants") + 1] == "tau_1" and argv[argv.index("--seeds") + 1] == "1"
-    assert argv[argv.index("--gpus") + 1] == "0,1" and argv[argv.index("-o") + 1] == "epochs=5"
+    assert argv[argv.index("--devices") + 1] == "0,1" and argv[argv.index("-o") + 1] == "epochs=5"
     assert "--no-comparisons" in argv  # each job's own command; the batch writes the comparisons once
     text = script.read_text()
     assert "#SBATCH --array=0-14\n" in text and "#SBATCH --gres=gpu:2\n" in text
@@ -154,6 +154,7 @@ def test_emitted_commands_and_slurm_script(tmp_path: Path, capsys: pytest.Captur
     assert text.rstrip().endswith('eval "${COMMANDS[$SLURM_ARRAY_TASK_ID]}"')
 
 
+@pytest.mark.slow
 def test_a_tiny_batch_runs_end_to_end_records_its_failure_and_skips_finished_runs(tmp_path: Path) -> None:
     grid = tmp_path / "tiny.yaml"
     grid.write_text(TINY_GRID)

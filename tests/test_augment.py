@@ -33,6 +33,11 @@ def make_aug(size: int = 16, view: dict[str, float] | None = None, **top: Any) -
     return aug
 
 
+def identity_norm(aug: dict[str, Any]) -> dict[str, Any]:
+    aug["mean"], aug["std"] = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+    return aug
+
+
 def random_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
 
@@ -141,6 +146,17 @@ def test_bicubic_matches_per_pixel_loop(out_h: int, out_w: int) -> None:
     np.testing.assert_allclose(out, chw(ref), atol=1e-5)
 
 
+@pytest.mark.parametrize(("h", "w", "out"), [(150, 70, 50), (70, 150, 50), (30, 45, 64), (301, 77, 224)])
+def test_banded_resize_equals_the_dense_matrix_product(h: int, w: int, out: int) -> None:
+    """The resize runs block by block over each block's input band; the full float64 product is the reference
+    (several blocks, both pass orders, down- and upscaling)."""
+    img = random_image(h, w, seed=h + w)
+    rows, cols = A.resize_matrix(h, out), A.resize_matrix(w, out)
+    dense = np.einsum("oh,chw,pw->cop", rows.astype(np.float64), chw(img).astype(np.float64) / 255.0,
+                      cols.astype(np.float64))
+    np.testing.assert_allclose(A._resize_to_chw(img, rows, cols), np.clip(dense, 0.0, 1.0), atol=2e-6)
+
+
 def test_bicubic_square_output_and_crop_offset() -> None:
     img = random_image(20, 24, seed=4)
     ref = np.clip(loop_resize(img[3:13, 5:20].astype(np.float64), 8, 8) / 255.0, 0.0, 1.0)
@@ -177,11 +193,16 @@ def per_pixel(x: np.ndarray, fn: Any) -> np.ndarray:
     return out
 
 
+def device_op(op: Any, x: np.ndarray, value: float, *extra: Any) -> np.ndarray:
+    """One batched device colour op on a single CHW image with its per-image value."""
+    return op(paddle.to_tensor(x[None]), paddle.to_tensor([value], dtype="float32"), *extra).numpy()[0]
+
+
 def test_brightness_is_additive_and_clipped() -> None:
     x = small_float_image()
     for delta in (-0.3, 0.25):
         ref = per_pixel(x, lambda r, g, b, d=delta: (r + d, g + d, b + d))
-        np.testing.assert_allclose(A.adjust_brightness(x, delta), ref, atol=1e-6)
+        np.testing.assert_allclose(device_op(A.adjust_brightness, x, delta), ref, atol=1e-6)
 
 
 def test_contrast_per_channel_mean_and_passl_per_row_variant() -> None:
@@ -194,16 +215,30 @@ def test_contrast_per_channel_mean_and_passl_per_row_variant() -> None:
         for i in range(h):
             for j in range(w):
                 ref[ch, i, j] = min(max(f * (x[ch, i, j] - mean) + mean, 0.0), 1.0)
-    np.testing.assert_allclose(A.adjust_contrast(x, f), ref, atol=1e-6)
+    np.testing.assert_allclose(device_op(A.adjust_contrast, x, f), ref, atol=1e-6)
     row_ref = np.zeros_like(x)
     for i in range(h):
         mean = sum(float(x[ch, i, j]) for ch in range(c) for j in range(w)) / (c * w)
         for ch in range(c):
             for j in range(w):
                 row_ref[ch, i, j] = min(max(f * (x[ch, i, j] - mean) + mean, 0.0), 1.0)
-    per_row = A.adjust_contrast(x, f, "passl_per_row")
+    per_row = device_op(A.adjust_contrast, x, f, "passl_per_row")
     np.testing.assert_allclose(per_row, row_ref, atol=1e-6)
     assert np.abs(per_row - ref).max() > 1e-2
+
+
+def colorsys_saturation(factor: float) -> Any:
+    def ref(r: float, g: float, b: float) -> tuple[float, float, float]:
+        hh, s, v = colorsys.rgb_to_hsv(r, g, b)
+        return colorsys.hsv_to_rgb(hh, min(max(s * factor, 0.0), 1.0), v)
+    return ref
+
+
+def colorsys_hue(delta: float) -> Any:
+    def ref(r: float, g: float, b: float) -> tuple[float, float, float]:
+        hh, s, v = colorsys.rgb_to_hsv(r, g, b)
+        return colorsys.hsv_to_rgb((hh + delta) % 1.0, s, v)
+    return ref
 
 
 @pytest.mark.parametrize("factor", [0.0, 0.8, 1.2, 3.0])
@@ -211,37 +246,24 @@ def test_saturation_matches_colorsys(factor: float) -> None:
     x = small_float_image(2)
     x[:, 0, 0] = 0.4  # gray pixel (s = 0)
     x[:, 0, 1] = 0.0  # black pixel (v = 0)
-
-    def ref(r: float, g: float, b: float) -> tuple[float, float, float]:
-        hh, s, v = colorsys.rgb_to_hsv(r, g, b)
-        return colorsys.hsv_to_rgb(hh, min(max(s * factor, 0.0), 1.0), v)
-
-    np.testing.assert_allclose(A.adjust_saturation(x, factor), per_pixel(x, ref), atol=1e-5)
+    np.testing.assert_allclose(device_op(A.adjust_saturation, x, factor), per_pixel(x, colorsys_saturation(factor)),
+                               atol=1e-5)
 
 
-@pytest.mark.parametrize("delta", [-0.1, 0.03, 0.1, 0.5])
+@pytest.mark.parametrize("delta", [-0.1, 0.0, 0.03, 0.1, 0.5])
 def test_hue_matches_colorsys(delta: float) -> None:
     x = small_float_image(3)
     x[:, 0, 0] = 0.7
-
-    def ref(r: float, g: float, b: float) -> tuple[float, float, float]:
-        hh, s, v = colorsys.rgb_to_hsv(r, g, b)
-        return colorsys.hsv_to_rgb((hh + delta) % 1.0, s, v)
-
-    np.testing.assert_allclose(A.adjust_hue(x, delta), per_pixel(x, ref), atol=1e-5)
-
-
-def test_hsv_round_trip_and_colorsys() -> None:
-    x = small_float_image(4)
-    hsv = A.rgb_to_hsv(x)
-    for i, j in [(0, 0), (1, 3), (3, 4)]:
-        np.testing.assert_allclose(hsv[:, i, j], colorsys.rgb_to_hsv(*map(float, x[:, i, j])), atol=1e-6)
-    np.testing.assert_allclose(A.hsv_to_rgb(hsv), x, atol=1e-6)
+    x[:, 1, 1] = [0.9, 0.9, 0.2]  # two channels tied at the maximum
+    out = device_op(A.adjust_hue, x, delta)
+    np.testing.assert_allclose(out, per_pixel(x, colorsys_hue(delta)), atol=1e-5)
+    if delta == 0.0:
+        np.testing.assert_allclose(out, x, atol=1e-6)  # the HSV round trip
 
 
 def test_grayscale_luma() -> None:
     x = small_float_image(5)
-    g = A.to_grayscale(x)
+    g = A.to_grayscale(paddle.to_tensor(x[None])).numpy()[0]
     for i, j in [(0, 0), (2, 3)]:
         luma = 0.2989 * x[0, i, j] + 0.5870 * x[1, i, j] + 0.1140 * x[2, i, j]
         np.testing.assert_allclose(g[:, i, j], [luma] * 3, atol=1e-6)
@@ -250,13 +272,16 @@ def test_grayscale_luma() -> None:
 def test_brightness_only_jitter_follows_the_documented_draw_order() -> None:
     img = random_image(10, 10, 6)
     view = dict(NO_OPS, color_jitter=1.0, contrast=0.0, saturation=0.0, hue=0.0)
-    aug = make_aug(10, view, crop={"area": [1.0, 1.0], "ratio": [1.0, 1.0]})
-    x, _ = A.ViewSampler(aug, "view1")(img, np.random.default_rng(7))
+    aug = identity_norm(make_aug(10, view, crop={"area": [1.0, 1.0], "ratio": [1.0, 1.0]}))
+    x, params = A.ViewSampler(aug, "view1")(img, np.random.default_rng(7))
+    np.testing.assert_allclose(x, chw(img) / 255.0, atol=1e-6)  # the worker does no colour op
     replay = np.random.default_rng(7)
     replay.integers(np.iinfo(np.int64).max)  # the seed of the crop's own generator
     replay.random(5)  # coins
     delta = replay.uniform(-1.0, 1.0) * 0.4
-    np.testing.assert_allclose(x, np.clip(chw(img) / 255.0 + delta, 0.0, 1.0), atol=1e-6)
+    assert params[A.JITTER_ON] == 1 and params[A.JITTER_VALUES].tolist() == pytest.approx([delta, 1.0, 1.0, 0.0])
+    out = A.device_augment(paddle.to_tensor(x[None]), paddle.to_tensor(params[None]), aug).numpy()[0]
+    np.testing.assert_allclose(out, np.clip(chw(img) / 255.0 + delta, 0.0, 1.0), atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- coins, flip
@@ -266,24 +291,26 @@ def test_flip_and_coins_p0_never_p1_always() -> None:
     img = random_image(24, 30, 8)
     plain = A.ViewSampler(make_aug(12, NO_OPS), "view2")
     flipped = A.ViewSampler(make_aug(12, dict(NO_OPS, flip=1.0)), "view2")
-    gray = A.ViewSampler(make_aug(12, dict(NO_OPS, grayscale=1.0)), "view2")
-    device = A.ViewSampler(make_aug(12, dict(NO_OPS, blur=1.0, solarize=1.0)), "view2")
+    device = A.ViewSampler(make_aug(12, dict(NO_OPS, color_jitter=1.0, grayscale=1.0, blur=1.0, solarize=1.0)),
+                           "view2")
+    flags = [A.BLUR_ON, A.SOLARIZE_ON, A.JITTER_ON, A.GRAY_ON]
     for seed in range(20):
         a, pa = plain(img, np.random.default_rng(seed))
         b, _ = flipped(img, np.random.default_rng(seed))
-        g, _ = gray(img, np.random.default_rng(seed))
-        _, pd = device(img, np.random.default_rng(seed))
+        d, pd = device(img, np.random.default_rng(seed))
         np.testing.assert_array_equal(b, a[:, :, ::-1])
-        assert np.abs(a[0] - a[1]).max() > 0 and np.array_equal(g[0], g[1]) and np.array_equal(g[1], g[2])
-        assert pa[0] == 0 and pa[1] == 0 and pd[0] == 1 and pd[1] == 1
-        assert 0.1 <= pa[2] <= 2.0 and len(pa) == A.device_params_length(make_aug(12)) == 3
+        np.testing.assert_array_equal(d, a)  # colour, blur and solarise are device ops
+        assert np.all(pa[flags] == 0) and np.all(pd[flags] == 1)
+        assert 0.1 <= pa[A.SIGMAS] <= 2.0 and len(pa) == A.device_params_length(make_aug(12)) == 13
+        np.testing.assert_array_equal(pa[A.JITTER_VALUES], pd[A.JITTER_VALUES])  # drawn whatever the coins
+        assert sorted(pa[A.JITTER_ORDER]) == [0, 1, 2, 3]
 
 
 def test_coin_frequency() -> None:
     sampler = A.ViewSampler(make_aug(4, dict(NO_OPS, blur=0.3)), "view1")
     rng = np.random.default_rng(9)
     img = random_image(4, 4)
-    hits = sum(sampler(img, rng)[1][0] for _ in range(1000))
+    hits = sum(sampler(img, rng)[1][A.BLUR_ON] for _ in range(1000))
     assert abs(hits - 300) < 4 * math.sqrt(1000 * 0.3 * 0.7)
 
 
@@ -326,9 +353,14 @@ def test_default_op_frequencies_per_view(view: str, seed: int) -> None:
     luma = np.array([0.2989, 0.5870, 0.1140])
     sampler, rng = A.ViewSampler(aug, view), np.random.default_rng(seed)
     ops = np.zeros((n, 5), dtype=bool)  # flip, jitter, grayscale, blur, solarise
-    sigmas = np.zeros(n)
-    for i in range(n):
-        x, params = sampler(img, rng)
+    drawn = [sampler(img, rng) for _ in range(n)]
+    all_params = np.stack([params for _, params in drawn])
+    color_only = all_params.copy()
+    color_only[:, [A.BLUR_ON, A.SOLARIZE_ON]] = 0  # observed from the flags; solarise would hide the marker
+    views = A.device_augment(paddle.to_tensor(np.stack([x for x, _ in drawn])), paddle.to_tensor(color_only),
+                             identity_norm(aug)).numpy()
+    sigmas = all_params[:, A.SIGMAS]
+    for i, (x, params) in enumerate(zip(views, all_params, strict=True)):
         left, right = np.abs(x[:, :, 0] - x[:, :, 1]).max(), np.abs(x[:, :, -1] - x[:, :, -2]).max()
         assert min(left, right) < 1e-6 < 0.1 < max(left, right)
         flip = right < left
@@ -339,9 +371,8 @@ def test_default_op_frequencies_per_view(view: str, seed: int) -> None:
             ref = np.broadcast_to(np.tensordot(luma, ref, axes=1), ref.shape)
         change = np.abs(x - ref).max()
         assert change < 1e-5 or change > 1e-3
-        assert params[0] in (0.0, 1.0) and params[1] in (0.0, 1.0) and len(params) == 3
-        ops[i] = flip, change > 1e-3, gray, params[0] == 1, params[1] == 1
-        sigmas[i] = params[2]
+        assert params[A.BLUR_ON] in (0.0, 1.0) and params[A.SOLARIZE_ON] in (0.0, 1.0) and len(params) == 13
+        ops[i] = flip, change > 1e-3, gray, params[A.BLUR_ON] == 1, params[A.SOLARIZE_ON] == 1
     probs = [PAPER_PROBS[view][k] for k in ("flip", "color_jitter", "grayscale", "blur", "solarize")]
     for j, p in enumerate(probs):
         assert within_band(ops[:, j].sum(), n, p), (j, ops[:, j].mean(), p)
@@ -368,9 +399,14 @@ def numpy_blur(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return out
 
 
-def identity_norm(aug: dict[str, Any]) -> dict[str, Any]:
-    aug["mean"], aug["std"] = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
-    return aug
+def blur_params(flags: list[tuple[int, int]], sigmas: list[float]) -> np.ndarray:
+    """Device parameters with ``(blur_on, solarize_on)`` and one sigma per image, no jitter or grayscale."""
+    params = np.zeros((len(flags), A.SIGMAS + 1), dtype=np.float32)
+    params[:, [A.BLUR_ON, A.SOLARIZE_ON]] = flags
+    params[:, A.JITTER_VALUES] = [0.0, 1.0, 1.0, 0.0]
+    params[:, A.JITTER_ORDER] = [0, 1, 2, 3]
+    params[:, A.SIGMAS] = sigmas
+    return params
 
 
 def test_blur_taps() -> None:
@@ -381,8 +417,8 @@ def test_device_blur_matches_numpy_per_image_sigma() -> None:
     aug = identity_norm(make_aug(20, blur={"kernel_fraction": 0.5}))  # radius 5, 11 taps
     x = np.random.default_rng(10).uniform(0.0, 1.0, size=(5, 3, 20, 20)).astype(np.float32)
     sigmas = [0.3, 1.0, 2.0, 3.5, 1.5]
-    params = np.array([[1, 0, s] for s in sigmas], dtype=np.float32)
-    params[3, 0] = 0  # blur off for image 3
+    params = blur_params([(1, 0)] * len(sigmas), sigmas)
+    params[3, A.BLUR_ON] = 0  # blur off for image 3
     out = A.device_augment(paddle.to_tensor(x), paddle.to_tensor(params), aug).numpy()
     offsets = np.arange(-5, 6)
     for n, s in enumerate(sigmas):
@@ -401,9 +437,9 @@ def gaussian_taps(sigma: float, taps: int) -> np.ndarray:
 def test_blur_kernel_at_224_is_a_normalised_symmetric_23_tap_gaussian() -> None:
     aug = make_aug(224)
     taps = A.blur_taps(224, aug["blur"]["kernel_fraction"])
-    assert taps == 23 and A.device_params_length(aug) == 3
+    assert taps == 23 and A.device_params_length(aug) == 13
     sampler, rng = A.ViewSampler(aug, "view1"), np.random.default_rng(33)
-    drawn = [sampler(random_image(24, 24, 33), rng)[1][2] for _ in range(10)]
+    drawn = [sampler(random_image(24, 24, 33), rng)[1][A.SIGMAS] for _ in range(10)]
     sigmas = np.array([0.1, 2.0, *drawn], dtype=np.float32)
     assert np.all((sigmas >= 0.1) & (sigmas <= 2.0))
     kernels = A.blur_kernels(paddle.to_tensor(sigmas[:, None]), taps).numpy()
@@ -420,7 +456,7 @@ def test_blur_of_a_delta_at_224_gives_the_kernel_back() -> None:
     sigmas = [0.1, 0.9, 2.0]
     x = np.zeros((3, 3, 224, 224), dtype=np.float32)
     x[:, :, 100, 130] = 1.0
-    params = np.array([[1, 0, s] for s in sigmas], dtype=np.float32)
+    params = blur_params([(1, 0)] * len(sigmas), sigmas)
     out = A.device_augment(paddle.to_tensor(x), paddle.to_tensor(params), aug).numpy()
     for n, sigma in enumerate(sigmas):
         k = gaussian_taps(sigma, 23)
@@ -439,7 +475,7 @@ def test_blur_keeps_a_constant_image_constant_away_from_the_zero_padded_border()
     aug = identity_norm(make_aug(224))
     c, sigmas = 0.3, [0.7, 2.0]
     x = np.full((2, 3, 224, 224), c, dtype=np.float32)
-    params = np.array([[1, 0, s] for s in sigmas], dtype=np.float32)
+    params = blur_params([(1, 0)] * len(sigmas), sigmas)
     out = A.device_augment(paddle.to_tensor(x), paddle.to_tensor(params), aug).numpy()
     np.testing.assert_allclose(out[:, :, 11:-11, 11:-11], c, atol=1e-6)
     for n, sigma in enumerate(sigmas):
@@ -452,13 +488,15 @@ def test_blur_keeps_a_constant_image_constant_away_from_the_zero_padded_border()
 def test_passl_per_tap_kernel_is_normalised_and_asymmetric() -> None:
     aug = identity_norm(make_aug(16, blur={"method": "passl_per_tap", "kernel_fraction": 0.5}))
     taps = A.blur_taps(16, 0.5)
-    assert A.device_params_length(aug) == 2 + taps == 11
+    assert A.device_params_length(aug) == 12 + taps == 21
     x, params = A.ViewSampler(aug, "view1")(random_image(20, 20), np.random.default_rng(11))
-    assert params.shape == (11,) and params[0] == 1
-    assert np.all((params[2:] >= 0.1) & (params[2:] <= 2.0)) and len(np.unique(params[2:])) == taps
-    kernel = A.blur_kernels(paddle.to_tensor(params[None, 2:]), taps).numpy()[0]
+    params[[A.JITTER_ON, A.GRAY_ON]] = 0  # blur alone
+    sigmas = params[A.SIGMAS:]
+    assert params.shape == (21,) and params[A.BLUR_ON] == 1
+    assert np.all((sigmas >= 0.1) & (sigmas <= 2.0)) and len(np.unique(sigmas)) == taps
+    kernel = A.blur_kernels(paddle.to_tensor(sigmas[None]), taps).numpy()[0]
     offsets = np.arange(taps) - taps // 2
-    ref = np.exp(-(offsets**2) / (2 * params[2:].astype(np.float64) ** 2))
+    ref = np.exp(-(offsets**2) / (2 * sigmas.astype(np.float64) ** 2))
     ref /= ref.sum()
     np.testing.assert_allclose(kernel, ref, atol=1e-6)
     assert abs(kernel.sum() - 1) < 1e-6 and np.abs(kernel - kernel[::-1]).max() > 1e-3
@@ -470,7 +508,7 @@ def test_solarize_threshold_and_clip() -> None:
     aug = identity_norm(make_aug(4, blur={"kernel_fraction": 0.0}))
     values = np.array([0.0, 0.2, 0.49, 0.5, 0.51, 0.8, 1.0, 1.0, 0.3, 0.7, 0.5, 0.25], dtype=np.float32)
     x = np.broadcast_to(np.tile(values, 4)[:48].reshape(3, 4, 4), (2, 3, 4, 4)).copy()
-    params = np.array([[0, 1, 1.0], [0, 0, 1.0]], dtype=np.float32)
+    params = blur_params([(0, 1), (0, 0)], [1.0, 1.0])
     out = A.device_augment(paddle.to_tensor(x), paddle.to_tensor(params), aug).numpy()
     expected = np.where(x[0] < 0.5, x[0], 1.0 - x[0])
     np.testing.assert_allclose(out[0], expected, atol=1e-7)
@@ -482,11 +520,74 @@ def test_normalize_and_device_normalisation() -> None:
     x = np.random.default_rng(12).uniform(0, 1, size=(2, 3, 4, 4)).astype(np.float32)
     mean, std = np.array(aug["mean"])[:, None, None], np.array(aug["std"])[:, None, None]
     np.testing.assert_allclose(A.normalize(paddle.to_tensor(x), aug).numpy(), (x - mean) / std, atol=1e-6)
-    params = paddle.to_tensor(np.zeros((2, 3), dtype=np.float32))
+    params = paddle.to_tensor(blur_params([(0, 0), (0, 0)], [1.0, 1.0]))
     np.testing.assert_allclose(A.device_augment(paddle.to_tensor(x), params, aug).numpy(), (x - mean) / std,
                                atol=1e-6)
     with pytest.raises(ValueError, match="params"):
         A.device_augment(paddle.to_tensor(x), paddle.zeros([2, 4]), aug)
+
+
+def reference_device_stage(x: np.ndarray, params: np.ndarray, aug: dict[str, Any]) -> np.ndarray:
+    """The device stage of one CHW image in float64, written independently: the jitter ops in the image's order
+    (brightness and contrast in closed form, saturation and hue per pixel through colorsys, each clipped),
+    grayscale, blur by 2-D correlation, solarise, clip, normalise."""
+    x = x.astype(np.float64)
+    if params[A.JITTER_ON]:
+        b, c, s_factor, h = params[A.JITTER_VALUES].astype(np.float64)
+        for op in params[A.JITTER_ORDER].astype(int):
+            if op == 0:
+                x = np.clip(x + b, 0.0, 1.0)
+            elif op == 1:
+                mean = x.mean(axis=(1, 2) if aug["contrast_mean"] == "per_channel" else (0, 2), keepdims=True)
+                x = np.clip((x - mean) * c + mean, 0.0, 1.0)
+            else:
+                x = per_pixel(x, colorsys_saturation(s_factor) if op == 2 else colorsys_hue(h))
+    if params[A.GRAY_ON]:
+        x = np.broadcast_to(np.tensordot([0.2989, 0.5870, 0.1140], x, axes=1), x.shape)
+    if params[A.BLUR_ON]:
+        taps = A.blur_taps(x.shape[1], aug["blur"]["kernel_fraction"])
+        sigma = params[A.SIGMAS:].astype(np.float64)
+        kernel = np.exp(-((np.arange(taps) - taps // 2) ** 2) / (2 * sigma**2))
+        x = numpy_blur(x, kernel / kernel.sum())
+    if params[A.SOLARIZE_ON]:
+        x = np.where(x >= 0.5, 1.0 - x, x)
+    x = np.clip(x, 0.0, 1.0)
+    return (x - np.array(aug["mean"])[:, None, None]) / np.array(aug["std"])[:, None, None]
+
+
+@pytest.mark.parametrize("fixed_shape", [False, True], ids=["cpu_gather", "fixed_shape"])
+@pytest.mark.parametrize("switches", [{}, {"contrast_mean": "passl_per_row"}, {"method": "passl_per_tap"}],
+                         ids=["jax", "d3_per_row_contrast", "d2_per_tap_blur"])
+def test_device_stage_matches_the_per_image_numpy_reference(fixed_shape: bool, switches: dict[str, Any]) -> None:
+    """Views drawn by the sampler (every op on for some images, off for others, random jitter orders), then the
+    batched device stage on both of its paths, against the per-image reference."""
+    view = {"color_jitter": 0.7, "grayscale": 0.3, "blur": 0.5, "solarize": 0.3, "hue": 0.5, "saturation": 0.8}
+    blur = {"kernel_fraction": 0.5, "method": switches.get("method", "gaussian")}
+    aug = make_aug(12, view, blur=blur, contrast_mean=switches.get("contrast_mean", "per_channel"))
+    sampler, rng = A.ViewSampler(aug, "view2"), np.random.default_rng(40)
+    drawn = [sampler(random_image(20, 26, seed), rng) for seed in range(24)]
+    x, params = np.stack([d[0] for d in drawn]), np.stack([d[1] for d in drawn])
+    for flag in (A.JITTER_ON, A.GRAY_ON, A.BLUR_ON, A.SOLARIZE_ON):
+        assert 0 < params[:, flag].sum() < len(params)
+    assert len({tuple(order) for order in params[params[:, A.JITTER_ON] == 1][:, A.JITTER_ORDER]}) >= 5
+    out = A.device_augment(paddle.to_tensor(x), paddle.to_tensor(params), aug, fixed_shape=fixed_shape).numpy()
+    ref = np.stack([reference_device_stage(xi, pi, aug) for xi, pi in zip(x, params, strict=True)])
+    np.testing.assert_allclose(out, ref, atol=3e-5)
+
+
+def test_jitter_order_and_the_d3_switch_change_the_view() -> None:
+    """The same draws in another order, or with D3's per-row contrast mean, give another view (so the reference
+    test above would catch an order or a switch that is ignored)."""
+    aug = identity_norm(make_aug(12, blur={"kernel_fraction": 0.0}))
+    x = np.random.default_rng(41).uniform(0.0, 1.0, size=(1, 3, 12, 12)).astype(np.float32)
+    params = blur_params([(0, 0)], [1.0])
+    params[0, A.JITTER_ON], params[0, A.JITTER_VALUES] = 1, [0.3, 1.4, 0.8, 0.1]
+    forward = A.device_augment(paddle.to_tensor(x), paddle.to_tensor(params), aug).numpy()
+    params[0, A.JITTER_ORDER] = [3, 2, 1, 0]
+    assert np.abs(A.device_augment(paddle.to_tensor(x), paddle.to_tensor(params), aug).numpy() - forward).max() > 0.01
+    per_row = A.device_augment(paddle.to_tensor(x), paddle.to_tensor(params), {**aug, "contrast_mean": "passl_per_row"})
+    assert np.abs(per_row.numpy() - A.device_augment(paddle.to_tensor(x), paddle.to_tensor(params), aug).numpy()).max(
+    ) > 0.01
 
 
 # ----------------------------------------------------------------------------- eval transforms

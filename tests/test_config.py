@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
-from byol_lib.config import ConfigError, flatten, load_config, parse_override, resolve, yaml_load
+from byol_lib.config import ConfigError, flatten, load_config, parse_override, yaml_load
+from byol_lib.plan import resolve
 
 from .conftest import ROOT
 
@@ -151,11 +153,81 @@ def _train_script(config: object, cwd: object) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("name", PASSL_FILES)
+@pytest.mark.slow
 def test_passl_published_files_run_unchanged_up_to_the_data_check(name: str, tmp_path) -> None:
     out = _train_script(ROOT / "tests" / "fixtures" / "passl" / name, tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert "'dataloader.train.dataset.dataroot' = 'data/ILSVRC2012/train' does not exist" in out.stderr, out.stderr
     (notice,) = out.stdout.splitlines()  # one line: which semantics run and how to get PASSL's
-    assert "PASSL's own file" in notice and ("linear_eval.protocol=passl" in notice or "passl_head" in notice)
+    assert "PASSL's own file" in notice
+    assert "linear_eval.protocol=passl" in notice or "configs/byol/passl_r50_IM_ema.yaml" in notice
     ours = _train_script(ROOT / "configs" / "byol" / name, tmp_path)
     assert ours.returncode == 2 and "PASSL's own file" not in ours.stdout  # this project's copies say nothing
+
+
+def test_base_files_are_merged_key_by_key_and_the_including_file_wins(tmp_path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "root.yaml").write_text("epochs: 7\nseed: 3\nmodel:\n  backbone: {depth: 18, width: 16}\n"
+                                        "optimizer:\n  exclude_from_weight_decay: [a, b, c]\n")
+    (tmp_path / "sub" / "middle.yaml").write_text("_base_: ../root.yaml\nseed: 4\nmodel:\n  backbone: {width: 32}\n")
+    (tmp_path / "sub" / "child.yaml").write_text("_base_: middle.yaml\noptimizer:\n  exclude_from_weight_decay: [x]\n")
+    cfg = load_config(tmp_path / "sub" / "child.yaml", [*SYNTH, "seed=5"])
+    assert cfg["epochs"] == 7 and cfg["seed"] == 5  # root's value kept; the override beats both files
+    assert cfg["model"]["backbone"]["depth"] == 18 and cfg["model"]["backbone"]["width"] == 32  # merged, child wins
+    assert cfg["optimizer"]["exclude_from_weight_decay"] == ["x"]  # a list is replaced whole
+    assert load_config(tmp_path / "sub" / "middle.yaml", SYNTH)["seed"] == 4
+
+
+@pytest.mark.parametrize(("files", "message"), [
+    ({"a.yaml": "_base_: missing.yaml\n"}, r"a\.yaml: key '_base_' = 'missing\.yaml': config file not found"),
+    ({"a.yaml": "_base_: a.yaml\n"}, r"a\.yaml: key '_base_' = 'a\.yaml' makes a cycle of bases"),
+    ({"a.yaml": "_base_: b.yaml\n", "b.yaml": "_base_: a.yaml\n"}, r"b\.yaml: key '_base_' = 'a\.yaml' makes a cycle"),
+    ({"a.yaml": "_base_: [b.yaml]\n"}, r"a\.yaml: key '_base_' must be the path of a config file, got \['b\.yaml'\]"),
+    ({"a.yaml": "_base_: b.yaml\n", "b.yaml": "- 1\n"}, r"b\.yaml: the top level must be a mapping"),
+    ({"a.yaml": "_base_: b.yaml\n", "b.yaml": "!!python/object/apply:os.getcwd []\n"}, r"b\.yaml: not valid YAML"),
+    ({"a.yaml": "_base_: b.yaml\n", "b.yaml": "epohcs: 3\n"}, r"a\.yaml: unknown key 'epohcs'.*did you mean 'epochs'"),
+])
+def test_bad_base_files_are_named(tmp_path, files: dict[str, str], message: str) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(tmp_path / "a.yaml", SYNTH)
+
+
+def _deviation_keys() -> dict[str, str]:
+    """The pretraining switch keys of docs/sources.md's deviation table, each with its deviation id (D18 is the
+    linear-evaluation protocol)."""
+    rows = [line.split("|") for line in (ROOT / "docs" / "sources.md").read_text().splitlines()
+            if re.match(r"\| D\d+ \|", line) and not line.startswith("| D18 |")]
+    keys = set(flatten(load_config(None, SYNTH)))
+    return {token.split(":")[0].strip(): row[1].strip() for row in rows
+            for token in re.findall(r"`([^`]+)`", row[4]) if token.split(":")[0].strip() in keys}
+
+
+def test_passl_recipe_files_and_grid_variants_switch_the_deviation_tables_set() -> None:
+    """passl_r50_IM.yaml changes exactly the table's switches from the faithful byol_r50_IM.yaml, with the values of
+    the grid's passl_head; passl_r50_IM_ema.yaml and passl_head_with_ema the same without D1."""
+    from byol_lib.variants import load_grid
+
+    table = _deviation_keys()
+    with_switch = {"D1", "D2", "D3", "D4", "D5", "D6", "D7", "D8", "D9", "D10", "D12", "D13"}
+    assert set(table.values()) == with_switch
+    faithful = flatten(load_config(R50, SYNTH))
+    grid = {v.name: v.overrides for v in load_grid(ROOT / "configs/ablations/passl_deviations.yaml").variants}
+    for name, variant, deviations in (("passl_r50_IM", "passl_head", with_switch),
+                                      ("passl_r50_IM_ema", "passl_head_with_ema", with_switch - {"D1"})):
+        cfg = flatten(load_config(ROOT / "configs" / "byol" / f"{name}.yaml", SYNTH))
+        changed = {key: value for key, value in cfg.items() if value != faithful[key]}
+        assert {table[key] for key in changed} == {table[key] for key in grid[variant]} == deviations, name
+        assert changed == grid[variant], name
+
+
+def test_every_deviation_with_a_switch_names_tests_that_exist() -> None:
+    rows = [[cell.strip() for cell in line.split("|")] for line in (ROOT / "docs" / "sources.md").read_text()
+            .splitlines() if re.match(r"\| D\d+ \|", line)]
+    named = {row[1]: re.findall(r"`([\w/]+\.py)::(test_\w+)`", row[5]) for row in rows}
+    switched = {row[1] for row in rows if not row[4].startswith(("none", "not "))}  # a switch, or D19's fix
+    assert switched >= {"D1", "D10", "D13", "D18", "D19"} and {d for d, found in named.items() if found} >= switched
+    for deviation, found in named.items():
+        for file, test in found:
+            assert f"def {test}(" in (ROOT / "tests" / file).read_text(), (deviation, file, test)

@@ -86,6 +86,7 @@ def test_atomic_write_that_fails_leaves_the_old_file_and_no_temp(tmp_path: Path)
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
 
 
+@pytest.mark.slow
 def test_torn_metrics_line_is_dropped_with_one_warning_and_the_run_resumes(
         finished: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     run, cfg = _copy(finished, tmp_path)
@@ -102,6 +103,7 @@ def test_torn_metrics_line_is_dropped_with_one_warning_and_the_run_resumes(
     assert read_summary(run)["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_torn_summary_reads_as_interrupted_and_the_same_command_runs_again(
         finished: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     run, cfg = _copy(finished, tmp_path)
@@ -115,6 +117,7 @@ def test_torn_summary_reads_as_interrupted_and_the_same_command_runs_again(
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip a byte"])
+@pytest.mark.slow
 def test_damaged_newest_checkpoint_falls_back_to_the_older_one_and_says_so(
         finished: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str) -> None:
     run, cfg = _copy(finished, tmp_path)
@@ -135,6 +138,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_older_one_and_says_so(
     assert [row["step"] for row in read_metrics(run)] == list(range(1, 9))
 
 
+@pytest.mark.slow
 def test_disk_full_while_checkpointing_is_one_error_naming_the_last_good_checkpoint(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     real = atomic.write_atomic
@@ -166,6 +170,7 @@ def test_disk_full_while_checkpointing_is_one_error_naming_the_last_good_checkpo
     assert [row["step"] for row in read_metrics(run)] == list(range(1, 9))
 
 
+@pytest.mark.slow
 def test_stale_temp_files_are_removed_when_the_folder_is_next_held(finished: Path, tmp_path: Path) -> None:
     run, cfg = _copy(finished, tmp_path)
     stale = [run / ".summary.json.tmp-12345-0badcafe", run / ".summary.json.tmp",
@@ -200,6 +205,7 @@ def test_two_identical_runs_started_together_one_refuses_and_rows_are_unique(tmp
     assert [row["step"] for row in read_metrics(runs[0])] == list(range(1, 25))
 
 
+@pytest.mark.slow
 def test_wait_starts_once_the_holder_lets_go(tmp_path: Path) -> None:
     cmd = [*TRAIN, "-o", f"output_dir={tmp_path}", "-o", "run_id=run", "--wait"]
     with run_folder.hold(tmp_path / "run"):
@@ -344,6 +350,7 @@ def test_notebook_parameters_of_the_wrong_type_are_refused_before_a_kernel_start
 
 
 @pytest.mark.parametrize("when", ["KnnMonitor", "Progress"])  # before / after the "running" summary is written
+@pytest.mark.slow
 def test_a_signal_during_set_up_never_leaves_a_running_status(when: str, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGTERM while the loop is being set up leaves no "running" status behind (before the summary is written: no

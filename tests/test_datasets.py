@@ -191,26 +191,48 @@ def tree(tmp_path: Path) -> Path:
     return root
 
 
-def test_folder_skip_mode_reports_bad_files(tree: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING):
-        ds = build_dataset({"name": "ImageNet", "dataroot": str(tree)}, "train")
+def test_folder_skip_mode_reports_bad_files_when_read(tree: Path, caplog: pytest.LogCaptureFixture) -> None:
+    ds = build_dataset({"name": "ImageNet", "dataroot": str(tree)}, "train")
     assert ds.classes == ["ant", "cat", "dog"]
-    assert len(ds) == 9
-    assert [ds.label(i) for i in range(len(ds))] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert len(ds) == 11 and ds.bad_files == []  # nothing is opened before the files are read
+    assert [ds.label(i) for i in range(len(ds))] == [0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
+    with caplog.at_level(logging.WARNING):
+        images = [ds.image(i) for i in range(len(ds))]
     bad = sorted([str(tree / "train" / "cat" / "notes.JPEG"), str(tree / "train" / "dog" / "empty.JPEG")])
-    assert sorted(ds.bad_files) == bad
+    assert sorted(ds.bad_files) == bad and sorted(ds.path(i) for i in ds.undecodable()) == bad
     assert describe(ds)["bad_files"] == 2 and sorted(describe(ds)["bad_file_paths"]) == bad
     assert all(path in caplog.text for path in bad)
+    # Each bad file is replaced by the next readable image of its class, cyclically: cat/a.png, dog/a.png.
+    assert np.array_equal(images[6], _pixels(20)) and np.array_equal(images[10], _pixels(0))
     # ant/a.png is the first image; PNG is lossless, and the grayscale c.png comes back as RGB.
-    assert np.array_equal(ds.image(0), _pixels(10))
-    gray = ds.image(2)
-    assert gray.shape == (12, 16, 3) and np.array_equal(gray[..., 1], _pixels(12, "L"))
-    assert ds.image(1).shape == (12, 16, 3) and ds.image(1).dtype == np.uint8
+    assert np.array_equal(images[0], _pixels(10))
+    assert images[2].shape == (12, 16, 3) and np.array_equal(images[2][..., 1], _pixels(12, "L"))
+    assert images[1].shape == (12, 16, 3) and images[1].dtype == np.uint8
 
 
-def test_folder_strict_mode_names_the_file(tree: Path) -> None:
-    with pytest.raises(DatasetError, match="notes.JPEG"):
+def test_building_opens_no_image_file(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    opened: list[str] = []
+    real_open = builtins.open
+
+    def spy_open(file: object, *args: object, **kwargs: object) -> object:
+        opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", spy_open)
+    for _ in range(2):  # scanned, then (cache written only for settled folders) scanned or loaded
         build_dataset({"name": "ImageNet", "dataroot": str(tree), "bad_files": "strict"}, "train")
+    assert not [path for path in opened if path.startswith(str(tree))]
+
+
+def test_folder_strict_mode_names_the_file_when_read(tree: Path) -> None:
+    ds = build_dataset({"name": "ImageNet", "dataroot": str(tree), "bad_files": "strict"}, "train")
+    assert ds.path(6).endswith("notes.JPEG")
+    with pytest.raises(DatasetError, match=r"cannot decode image file '.*cat/notes\.JPEG'"):
+        ds.image(6)
+    with pytest.raises(DatasetError, match="empty.JPEG"):
+        ds.image(10)
 
 
 def test_truncated_file_found_at_load_time(tree: Path) -> None:
@@ -228,10 +250,72 @@ def test_truncated_file_found_at_load_time(tree: Path) -> None:
     assert len(ds.bad_files) == 1
 
 
+def _age(root: Path, seconds: float = 60.0) -> None:
+    """Set every folder's modification time ``seconds`` into the past (a settled listing)."""
+    past = os.stat(root).st_mtime - seconds
+    for folder, _, _ in os.walk(root):
+        os.utime(folder, (past, past))
+
+
+def test_folder_index_is_cached_outside_the_data_and_invalidated_by_a_change(
+        tree: Path, _cache_in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = {"name": "ImageNet", "dataroot": str(tree)}
+    first = build_dataset(cfg, "val")
+    assert not (_cache_in_tmp / "index").exists()  # folders changed within the last 2 s: not cached
+    _age(tree / "val")
+    listing = sorted(p.name for p in (tree / "val").rglob("*"))
+    scanned = build_dataset(cfg, "val")
+    assert len(list((_cache_in_tmp / "index").iterdir())) == 1
+    assert sorted(p.name for p in (tree / "val").rglob("*")) == listing  # nothing written into the data folder
+
+    def no_walk(*args: object, **kwargs: object) -> None:
+        raise AssertionError("scanned although the index is cached")
+
+    monkeypatch.setattr(os, "walk", no_walk)
+    cached = build_dataset(cfg, "val")
+    for ds in (scanned, cached):
+        assert ds.classes == first.classes and np.array_equal(ds.labels, first.labels)
+        assert ds.relative_paths.tolist() == first.relative_paths.tolist()
+    assert np.array_equal(cached.image(4), first.image(4))
+    monkeypatch.undo()
+    monkeypatch.setenv("BYOL_CACHE_DIR", str(_cache_in_tmp))
+    (cache_file,) = (_cache_in_tmp / "index").iterdir()
+    cache_file.write_bytes(b"not an npz")  # a damaged cache is scanned again and rewritten
+    assert build_dataset(cfg, "val").relative_paths.tolist() == first.relative_paths.tolist()
+    assert cache_file.read_bytes()[:2] == b"PK"
+    monkeypatch.setenv("BYOL_CACHE_DIR", str(_cache_in_tmp))
+    Image.fromarray(_pixels(77)).save(tree / "val" / "cat" / "d.png")
+    os.utime(tree / "val" / "cat", (1e9, 1e9))  # a different time, whatever the clock's resolution
+    grown = build_dataset(cfg, "val")
+    assert len(grown) == len(first) + 1 and grown.path(6).endswith("cat/d.png")
+    assert np.array_equal(grown.image(6), _pixels(77))
+
+
+def test_unwritable_cache_costs_a_warning(tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    monkeypatch.setenv("BYOL_CACHE_DIR", str(blocker))
+    _age(tree / "val")
+    with caplog.at_level(logging.WARNING):
+        ds = build_dataset({"name": "ImageNet", "dataroot": str(tree)}, "val")
+    assert len(ds) == 9 and "could not cache the index" in caplog.text
+
+
+def test_packed_strings_round_trip() -> None:
+    from byol_lib.data.datasets import PackedStrings
+
+    strings = ["", "a/b.JPEG", "dog/with space.png", "caf\u00e9/\u732b.jpg", os.fsdecode(b"bad\xff/x.png"), ""]
+    packed = PackedStrings.pack(strings)
+    assert len(packed) == 6 and packed.tolist() == strings
+    assert packed.blob.dtype == np.uint8 and packed.blob.nbytes == sum(len(os.fsencode(s)) for s in strings)
+    assert packed.take(np.array([4, 1, 1])).tolist() == [strings[4], strings[1], strings[1]]
+
+
 def test_dataroot_may_be_the_split_folder(tree: Path) -> None:
     """PASSL configs point dataroot at .../train; val is then its sibling."""
     cfg = {"name": "ImageNet", "dataroot": str(tree / "train")}
-    assert len(build_dataset(cfg, "train")) == 9
+    assert len(build_dataset(cfg, "train")) == 11
     val = build_dataset(cfg, "val")
     assert len(val) == 9 and val.bad_files == []
 
@@ -239,8 +323,8 @@ def test_dataroot_may_be_the_split_folder(tree: Path) -> None:
 def test_num_images_takes_a_fixed_subset(tree: Path) -> None:
     cfg = {"name": "ImageNet", "dataroot": str(tree), "num_images": 4}
     a, b = build_dataset(cfg, "val"), build_dataset(cfg, "val")
-    assert len(a) == 4 and a.paths == b.paths
-    assert set(a.paths) < set(build_dataset({**cfg, "num_images": 0}, "val").paths)
+    assert len(a) == 4 and a.relative_paths.tolist() == b.relative_paths.tolist()
+    assert set(a.relative_paths.tolist()) < set(build_dataset({**cfg, "num_images": 0}, "val").relative_paths.tolist())
 
 
 def test_list_file(tree: Path, tmp_path: Path) -> None:
@@ -278,8 +362,9 @@ def test_folder_errors(tree: Path, tmp_path: Path) -> None:
     only_bad = tree / "train" / "zebra"
     only_bad.mkdir()
     (only_bad / "x.jpg").write_bytes(b"")
-    with pytest.raises(DatasetError, match="zebra"):
-        build_dataset({"name": "ImageNet", "dataroot": str(tree)}, "train")
+    with_zebra = build_dataset({"name": "ImageNet", "dataroot": str(tree)}, "train")
+    with pytest.raises(DatasetError, match="no readable image left in class 'zebra'"):
+        with_zebra.image(len(with_zebra) - 1)
 
 
 def test_config_errors() -> None:

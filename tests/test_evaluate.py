@@ -21,18 +21,18 @@ from byol_lib.evaluate import (
     evaluate_head,
     holdout_split,
     init_head_weight,
-    knn_eval,
     linear_eval,
 )
+from byol_lib.knn import knn_eval
 from byol_lib.model import ResNet
-from byol_lib.optim import lr_at
+from byol_lib.plan import lr_at
 
 SIZE = 16
 AUG = {**AUGMENT_DEFAULTS, "image_size": SIZE}
 MEAN, STD = np.array(AUG["mean"], np.float32), np.array(AUG["std"], np.float32)
 
 
-class ColourImages(ImageDataset):
+class ColorImages(ImageDataset):
     """Noisy 20x20 images whose class is the dominant colour channel; records which images were read."""
 
     def __init__(self, count: int, seed: int, num_classes: int = 3) -> None:
@@ -97,14 +97,14 @@ def quick(**changes: object) -> LinearEvalSettings:
 
 
 @pytest.fixture(scope="module")
-def data() -> tuple[ColourImages, ColourImages]:
-    return ColourImages(96, seed=1), ColourImages(45, seed=2)
+def data() -> tuple[ColorImages, ColorImages]:
+    return ColorImages(96, seed=1), ColorImages(45, seed=2)
 
 
 # ----------------------------------------------------------------------------- features
 
 
-def test_compute_features_matches_numpy_and_restores_modes(data: tuple[ColourImages, ColourImages]) -> None:
+def test_compute_features_matches_numpy_and_restores_modes(data: tuple[ColorImages, ColorImages]) -> None:
     train, _ = data
     net = make_backbone()
     net.train()
@@ -160,7 +160,7 @@ def test_momentum_update_matches_numpy_and_paddle(nesterov: bool, weight_decay: 
     lrs = [0.5, 0.4, 0.3, 0.2, 0.1]
     heads = LinearHeads(w0, [1.0], momentum=0.9, nesterov=nesterov, weight_decay=weight_decay)
     for (x, y), lr in zip(batches, lrs, strict=True):
-        heads.step(paddle.to_tensor(x), paddle.to_tensor(y), [lr])
+        heads.step(x, y, [lr])
     ours = heads.head(0)
     w_ref, b_ref = numpy_sgd(w0, np.zeros(c, np.float32), batches, lrs, momentum=0.9, nesterov=nesterov,
                              weight_decay=weight_decay)
@@ -188,8 +188,8 @@ def test_heads_trained_together_equal_one_trained_alone() -> None:
     together = LinearHeads(w0, [0.3, 0.1, 0.02])
     alone = LinearHeads(w0, [0.1])
     for step in range(6):
-        x = paddle.to_tensor(rng.standard_normal((8, 9)).astype(np.float32))
-        y = paddle.to_tensor(rng.integers(0, 5, 8))
+        x = rng.standard_normal((8, 9)).astype(np.float32)
+        y = rng.integers(0, 5, 8)
         factor = 0.5 * (1 + math.cos(math.pi * step / 6))
         together.step(x, y, [0.3 * factor, 0.1 * factor, 0.02 * factor])
         alone.step(x, y, [0.1 * factor])
@@ -210,7 +210,7 @@ def test_head_init() -> None:
 # ----------------------------------------------------------------------------- linear evaluation
 
 
-def test_paper_protocol(data: tuple[ColourImages, ColourImages]) -> None:
+def test_paper_protocol(data: tuple[ColorImages, ColorImages]) -> None:
     train, test = data
     net = make_backbone()
     net.train()  # linear_eval must freeze BN anyway, and give the mode back
@@ -246,7 +246,7 @@ def test_paper_protocol(data: tuple[ColourImages, ColourImages]) -> None:
 
 
 @pytest.mark.parametrize("augment", [False, True])
-def test_linear_eval_matches_numpy_training(data: tuple[ColourImages, ColourImages], augment: bool) -> None:
+def test_linear_eval_matches_numpy_training(data: tuple[ColorImages, ColorImages], augment: bool) -> None:
     """The whole paper protocol replayed in numpy: split, data order, views, batches, cosine lr, Nesterov SGD."""
     train, test = data
     net = make_backbone()
@@ -270,7 +270,7 @@ def test_linear_eval_matches_numpy_training(data: tuple[ColourImages, ColourImag
     np.testing.assert_allclose(result.head["bias"], b, rtol=1e-4, atol=1e-5)
 
 
-def test_grid_run_equals_single_lr_run(data: tuple[ColourImages, ColourImages]) -> None:
+def test_grid_run_equals_single_lr_run(data: tuple[ColorImages, ColorImages]) -> None:
     train, test = data
     net = make_backbone()
     grid = linear_eval(net, train, test, AUG, quick())
@@ -285,7 +285,7 @@ def test_grid_run_equals_single_lr_run(data: tuple[ColourImages, ColourImages]) 
 
 
 @pytest.mark.parametrize(("grid", "direction"), [((0.004, 0.002), 2.0), ((50.0, 100.0), 0.5)])
-def test_a_choice_at_the_grid_edge_extends_the_grid(data: tuple[ColourImages, ColourImages], grid: tuple,
+def test_a_choice_at_the_grid_edge_extends_the_grid(data: tuple[ColorImages, ColorImages], grid: tuple,
                                                     direction: float) -> None:
     """Too low (high) a grid: lrs x2 (/2) are added beyond the edge until the choice is inside, at most
     ``extend_grid`` times; the outcome equals a plain run of the grid holding every lr tried."""
@@ -307,7 +307,7 @@ def test_a_choice_at_the_grid_edge_extends_the_grid(data: tuple[ColourImages, Co
 
 
 @pytest.mark.parametrize("augment", [False, True])
-def test_standardised_heads_fold_into_a_raw_feature_head(data: tuple[ColourImages, ColourImages],
+def test_standardised_heads_fold_into_a_raw_feature_head(data: tuple[ColorImages, ColorImages],
                                                          augment: bool) -> None:
     """With ``standardize`` the heads see (x - mean) / sd of the train part; the returned head takes raw features
     and reproduces the reported accuracy and predictions, and the run equals one on features standardised here."""
@@ -329,7 +329,7 @@ def test_standardised_heads_fold_into_a_raw_feature_head(data: tuple[ColourImage
     assert by_hand.chosen_lr == result.chosen_lr and by_hand.test_top1 == pytest.approx(result.test_top1)
 
 
-def test_passl_protocol(data: tuple[ColourImages, ColourImages]) -> None:
+def test_passl_protocol(data: tuple[ColorImages, ColorImages]) -> None:
     train, test = data
     net = make_backbone()
     logged: list[dict] = []
@@ -349,7 +349,7 @@ def test_passl_protocol(data: tuple[ColourImages, ColourImages]) -> None:
     assert evaluate_head(net, result.head, test, AUG, batch_size=16)["top1"] == result.test_top1
 
 
-def test_resnet_backbone_is_frozen(data: tuple[ColourImages, ColourImages]) -> None:
+def test_resnet_backbone_is_frozen(data: tuple[ColorImages, ColorImages]) -> None:
     train, test = data
     paddle.seed(0)
     net = ResNet(18, "cifar", 4)
@@ -366,7 +366,7 @@ def test_resnet_backbone_is_frozen(data: tuple[ColourImages, ColourImages]) -> N
 
 
 def test_settings_are_checked() -> None:
-    train = ColourImages(12, seed=0)
+    train = ColorImages(12, seed=0)
     with pytest.raises(ValueError, match="holdout"):
         linear_eval(make_backbone(), train, train, AUG, quick(holdout=0))
     with pytest.raises(ValueError, match="protocol"):
@@ -415,3 +415,14 @@ def test_knn_matches_brute_force_with_ties() -> None:
         60: pytest.approx(brute_knn(train, labels, test, test_labels, 60, 0.5))}
     with pytest.raises(ValueError, match="k <="):
         knn_eval(train, labels, test, test_labels, ks=(61,))
+
+
+def test_head_accuracy_matches_a_sort_of_the_logits() -> None:
+    rng = np.random.default_rng(3)
+    w, b = rng.standard_normal((6, 8)).astype(np.float32), rng.standard_normal(8).astype(np.float32)
+    x, y = rng.standard_normal((50, 6)).astype(np.float32), rng.integers(0, 8, 50)
+    top1, top5 = LinearHeads(w, [0.0], bias=b).accuracy(x, y)
+    ranked = np.argsort(-(x.astype(np.float64) @ w + b), axis=1)
+    assert top1[0] == pytest.approx(np.mean(ranked[:, 0] == y))
+    assert top5[0] == pytest.approx(np.mean((ranked[:, :5] == y[:, None]).any(axis=1)))
+    assert 0 < top1[0] < top5[0] < 1

@@ -17,21 +17,23 @@ import paddle
 import pytest
 
 from byol_lib.checkpoint import save_checkpoint
-from byol_lib.config import load_config, resolve
-from byol_lib.export import convert_main, extract_main, paddleclas_keys, to_paddleclas
+from byol_lib.cli import convert_main, extract_main
+from byol_lib.config import load_config
+from byol_lib.export import paddleclas_keys, to_paddleclas
 from byol_lib.model import BYOL, ResNet, byol_from_config
 from byol_lib.optim import LARS
+from byol_lib.plan import resolve
 
 from .conftest import ROOT, TINY_CONFIG
 
-STAGES = {"res18": (2, 2, 2, 2), "res34": (3, 4, 6, 3), "res50": (3, 4, 6, 3), "res101": (3, 4, 23, 3)}
+STAGES = {"res18": (2, 2, 2, 2), "res34": (3, 4, 6, 3), "res50": (3, 4, 6, 3)}  # He et al. 2016, Table 1
 DEPTH = {"res18": 18, "res34": 34, "res50": 50}
 BN = ("weight", "bias", "_mean", "_variance")
 
 
 def rule(arch: str, width: int) -> list[tuple[str, str, tuple[int, ...]]]:
     """(paddle.vision name, PaddleClas name, shape) in the order of PASSL's ppclas_res50_keys.txt."""
-    bottleneck = arch in ("res50", "res101")
+    bottleneck = arch == "res50"
     rows = [("conv1.weight", "stem.0.conv.weight", (width, 3, 7, 7))]
     rows += [(f"bn1.{t}", f"stem.0.bn.{t}", (width,)) for t in BN]
     offsets = np.cumsum((0, *STAGES[arch][:-1]))
@@ -117,6 +119,7 @@ def ours(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, BYOL]:
     return path, model
 
 
+@pytest.mark.slow
 def test_extracts_passl_online_encoder_with_loadable_bare_names(tmp_path: Path, passl_ckpt: Path,
                                                                r50: dict[str, np.ndarray]) -> None:
     out = tmp_path / "w.pdparams"
@@ -192,18 +195,14 @@ def test_paddleclas_key_list_follows_the_published_rule() -> None:
     assert len(names) == 265 and names[0] == "stem.0.conv.weight"
     assert paddleclas_keys("res50") == names
     assert paddleclas_keys("res50", with_fc=True) == [*names, "fc.weight", "fc.bias"]
-    for arch in ("res18", "res34", "res101"):
+    for arch in ("res18", "res34"):
         assert paddleclas_keys(arch) == [target for _, target, _ in rule(arch, 64)]
 
 
-@pytest.mark.parametrize("arch", ["res18", "res34", "res50", "res101"])
+@pytest.mark.parametrize("arch", ["res18", "res34", "res50"])
 def test_conversion_is_by_name_with_paddleclas_shapes(tmp_path: Path, arch: str) -> None:
     rows = rule(arch, 8)
-    if arch in DEPTH:
-        source = random_backbone(DEPTH[arch], seed=2)
-    else:  # no res101 in byol_lib.model: synthesise paddle.vision names
-        rng = np.random.default_rng(3)
-        source = {name: rng.standard_normal(shape).astype("float32") for name, _, shape in rows}
+    source = random_backbone(DEPTH[arch], seed=2)
     source["fc.weight"], source["fc.bias"] = np.ones((rows[-1][2][0], 7), "float32"), np.arange(7, dtype="float32")
     shuffled = dict(reversed(list(source.items())))  # a positional mapping would scramble this
     ckpt, out = tmp_path / "in.pdparams", tmp_path / "out.pdparams"
@@ -238,6 +237,7 @@ def error_line(stderr: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_tool_rejects_architecture_mismatch(tmp_path: Path) -> None:
     ckpt = write_passl(tmp_path / "r18.pd", random_backbone(18, seed=4))
     out = tmp_path / "out" / "w.pdparams"
@@ -250,6 +250,7 @@ def test_tool_rejects_architecture_mismatch(tmp_path: Path) -> None:
     assert not out.parent.exists()
 
 
+@pytest.mark.slow
 def test_tool_rejects_a_non_pickle_file(tmp_path: Path) -> None:
     ckpt = tmp_path / "notes.pdparams"
     ckpt.write_text("not a checkpoint\n")
@@ -294,6 +295,7 @@ def test_extract_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], r50:
                                       "[layer1.0.conv3.weight,", "the keys fit res50 (--type res50)"]),
     ("res50", 8, "w.pd", None, ["must end in .pdparams"]),
     ("res50", 8, "w.pdparams", "layer4.2.bn3._variance", ["missing 1 [layer4.2.bn3._variance]"]),
+    ("res101", 8, "w.pdparams", None, ["unknown architecture 'res101'; choose one of res18, res34, res50"]),
 ])
 def test_convert_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], r50: dict[str, np.ndarray], arch: str,
                         width: int, output: str, drop: str | None, needles: list[str]) -> None:

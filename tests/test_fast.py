@@ -14,9 +14,10 @@ import paddle.nn.functional as F
 import pytest
 
 from byol_lib import fast, runtime
-from byol_lib.config import ConfigError, load_config, resolve
+from byol_lib.config import ConfigError, load_config
 from byol_lib.ema import update_target
 from byol_lib.model import ResNet, build_model, spatial_pads
+from byol_lib.plan import resolve
 from byol_lib.results import read_metrics
 from byol_lib.train import build_optimizer, pretrain
 from tests.conftest import TINY_CONFIG
@@ -164,6 +165,7 @@ def _train(kernels: str, steps: int) -> tuple[list[float], dict[str, np.ndarray]
 
 
 @pytest.mark.parametrize(("steps", "rtol"), [(1, 5e-5), (2, 2e-4)])
+@pytest.mark.slow
 def test_training_steps_match_the_paddle_kernels(steps: int, rtol: float) -> None:
     """Same initial weights and batch: losses and every weight and BN statistic after the steps agree.
 
@@ -179,6 +181,7 @@ def test_training_steps_match_the_paddle_kernels(steps: int, rtol: float) -> Non
         _close(got[key], want[key], rtol, key, floor=1e-3)
 
 
+@pytest.mark.slow
 def test_config_key_cpu_kernels_selects_the_kernels_of_a_run(tmp_path: Path) -> None:
     """``cpu_kernels`` is validated, picks the kernels of a run (float32 sums in another order: the losses differ
     in their last bits), and leaves the run's numbers nearly unchanged."""
@@ -207,6 +210,7 @@ print("parent", threads, runtime.blas_threads())
 """
 
 
+@pytest.mark.slow
 def test_blas_threads_follow_the_configured_count_and_forked_children_use_one() -> None:
     if runtime.blas_threads() is None:
         pytest.skip("numpy is not linked against OpenBLAS")
@@ -217,6 +221,7 @@ def test_blas_threads_follow_the_configured_count_and_forked_children_use_one() 
     assert out == ["child", "1", "parent", "2", "2"]
 
 
+@pytest.mark.slow
 def test_user_openblas_threads_are_left_alone() -> None:
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "BYOL_NUM_THREADS": "2"}
     out = subprocess.run([sys.executable, "-c", _THREADS_PROBE], env=env, capture_output=True, text=True,
@@ -224,6 +229,7 @@ def test_user_openblas_threads_are_left_alone() -> None:
     assert out[-3:] == ["parent", "2", "1"]
 
 
+@pytest.mark.slow
 def test_blas_training_is_bitwise_reproducible() -> None:
     """Aligned buffers: the same steps give the same bits (resume after a crash stays bit-identical)."""
     first_losses, first = _train("blas", 2)
@@ -244,6 +250,7 @@ print(before, inside, during, runtime.blas_threads())
 
 
 @pytest.mark.parametrize("chosen", [None, "3"])
+@pytest.mark.slow
 def test_pretraining_leaves_a_core_per_loader_worker_unless_the_user_chose(chosen: str | None) -> None:
     cores = len(os.sched_getaffinity(0))
     if runtime.blas_threads() is None or cores < 2:

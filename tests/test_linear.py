@@ -9,10 +9,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import paddle.vision.transforms.functional as vision
 import pytest
+from PIL import Image
 
 from byol_lib.checkpoint import list_checkpoints
 from byol_lib.config import ConfigError, load_config
+from byol_lib.data.augment import linear_train_transform, sample_crop
 from byol_lib.data.datasets import build_dataset
 from byol_lib.linear import holdout_size, settings_from
 from byol_lib.train import pretrain
@@ -78,6 +81,7 @@ def test_train_then_evaluate_only_reproduces_the_reported_accuracy(pretrained_ch
     (["--pretrained", "{ckpt}", "-o", "model.backbone.depth=34"], "does not fit the backbone in the config"),
     (["--load", "{ckpt}"], "no linear head"),
 ])
+@pytest.mark.slow
 def test_bad_weights_fail_clearly_and_write_nothing(pretrained_checkpoint: Path, tmp_path: Path,
                                                     extra: list[str], message: str) -> None:
     extra = [a.replace("{ckpt}", str(pretrained_checkpoint)) for a in extra]
@@ -86,6 +90,7 @@ def test_bad_weights_fail_clearly_and_write_nothing(pretrained_checkpoint: Path,
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_pretraining_flags_on_a_pretraining_config_are_rejected(tmp_path: Path) -> None:
     out = _run(["-c", str(TINY_CONFIG), "--evaluate-only", "-o", f"output_dir={tmp_path}"])
     assert out.returncode == 2 and "is a pretraining config" in out.stderr
@@ -131,3 +136,26 @@ def test_the_protocol_key_switches_epochs_head_init_and_val_resize(protocol: str
 def test_holdout_scales_with_the_train_set(images: int, classes: int, expected: int) -> None:
     cfg = load_config(ROOT / "configs" / "byol" / "byol_clas_r50.yaml", SYNTH)
     assert holdout_size(cfg, images, classes) == expected
+
+
+def test_passl_protocol_trains_on_passls_crop_flip_and_pillow_bicubic() -> None:
+    """PASSL's linear-eval train transform (ByolRandomCrop, RandomHorizontalFlip, Resize((S, S), bicubic), /255),
+    computed with paddle.vision's own PIL functions on the crop drawn from the same generator."""
+    image = np.random.default_rng(0).integers(0, 256, (60, 90, 3), dtype=np.uint8)
+    config = ROOT / "configs" / "byol" / "byol_clas_r50.yaml"
+    passl = load_config(config, [*SYNTH, "linear_eval.protocol=passl", "augmentation.image_size=24"])["augmentation"]
+    paper = load_config(config, [*SYNTH, "augmentation.image_size=24"])["augmentation"]
+    flips, gaps = [], []
+    for seed in range(24):
+        got = linear_train_transform(image, passl, np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)
+        top, left, h, w = sample_crop(60, 90, passl["crop"], rng)  # PASSL's ByolRandomCrop is the JAX draw
+        crop = Image.fromarray(image).crop((left, top, left + w, top + h))
+        flips.append(rng.random() < 0.5)  # paddle.vision's RandomHorizontalFlip: random() < prob
+        view = vision.resize(vision.hflip(crop) if flips[-1] else crop, (24, 24), "bicubic")
+        want = np.asarray(view, dtype=np.float32).transpose(2, 0, 1) / 255
+        assert got.shape == (3, 24, 24) and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, atol=1e-6, err_msg=f"seed {seed}")
+        gaps.append(np.abs(linear_train_transform(image, paper, np.random.default_rng(seed)) - got).max())
+    assert 6 <= sum(flips) <= 18
+    assert min(gaps) > 0.05  # the paper's protocol (TF bicubic, no antialias) gives other pixels on every crop

@@ -8,10 +8,11 @@ import numpy as np
 import paddle
 import pytest
 
-from byol_lib.config import load_config, resolve
+from byol_lib.config import load_config
 from byol_lib.ema import update_target, weights
 from byol_lib.model import BYOL, Conv2D, MaxPool, ResNet, byol_from_config, linear
 from byol_lib.optim import LARS, excluded_by_name
+from byol_lib.plan import resolve
 
 from .conftest import TINY_CONFIG
 
@@ -174,13 +175,13 @@ def test_target_batch_norm_uses_batch_statistics() -> None:
 @pytest.mark.parametrize("sync_predictor", [True, False])
 def test_multi_gpu_runs_synchronise_every_batch_norm(sync_predictor: bool) -> None:
     from byol_lib.distributed import Context
-    from byol_lib.train import synchronise_batch_norm
+    from byol_lib.train import synchronize_batch_norm
 
     cfg = resolve(load_config(TINY_CONFIG, [f"model.sync_predictor_bn={sync_predictor}"]), 2, 128, 10)
     paddle.seed(0)
     model = byol_from_config(cfg["model"], 10)
     before = {k: v.numpy().copy() for k, v in model.state_dict().items()}
-    synchronise_batch_norm(model, cfg, Context(rank=0, world_size=2, device="gpu:0"))
+    synchronize_batch_norm(model, cfg, Context(rank=0, world_size=2, device="gpu:0"))
     kinds = {name: type(layer).__name__ for name, layer in model.named_sublayers()}
     norms = {name: kind for name, kind in kinds.items() if "BatchNorm" in kind}
     assert all(kind == "SyncBatchNorm" for name, kind in norms.items() if not name.startswith("predictor"))
@@ -193,9 +194,9 @@ def test_multi_gpu_runs_synchronise_every_batch_norm(sync_predictor: bool) -> No
 
 def test_cpu_runs_keep_plain_batch_norm() -> None:
     from byol_lib.distributed import Context
-    from byol_lib.train import synchronise_batch_norm
+    from byol_lib.train import synchronize_batch_norm
 
     cfg = resolve(load_config(TINY_CONFIG), 2, 128, 10)
     model = byol_from_config(cfg["model"], 10)
-    synchronise_batch_norm(model, cfg, Context(rank=0, world_size=2, device="cpu"))
+    synchronize_batch_norm(model, cfg, Context(rank=0, world_size=2, device="cpu"))
     assert not any(type(layer).__name__ == "SyncBatchNorm" for layer in model.sublayers())

@@ -106,6 +106,7 @@ def test_notebooks_are_stored_without_outputs_and_with_one_parameters_cell() -> 
         assert all(p["help"] and p["inferred_type_name"] != "None" for p in declared.values()), path.name
 
 
+@pytest.mark.slow
 def test_pretrain_notebook_launches_a_run_and_plots_its_metrics(pretrained: notebook.NotebookRun,
                                                                 results: Path) -> None:
     run_dir = pretrained.run_dir
@@ -120,6 +121,7 @@ def test_pretrain_notebook_launches_a_run_and_plots_its_metrics(pretrained: note
     assert images(pretrained.output) == 1
 
 
+@pytest.mark.slow
 def test_export_notebook_extracts_and_converts_the_chosen_run(pretrained: notebook.NotebookRun,
                                                              results: Path) -> None:
     run = notebook.run_notebook("notebooks/20_export.ipynb", {"run": pretrained.run_dir.name}, results_dir=results)
@@ -137,6 +139,7 @@ def test_export_notebook_extracts_and_converts_the_chosen_run(pretrained: notebo
     np.testing.assert_array_equal(converted["blocks.7.conv1.conv.weight"], online["layer4.1.conv2.weight"])
 
 
+@pytest.mark.slow
 def test_linear_notebook_evaluates_the_run_with_knn_and_random_init(linear_run: Path,
                                                                    pretrained: notebook.NotebookRun,
                                                                    results: Path) -> None:
@@ -151,6 +154,7 @@ def test_linear_notebook_evaluates_the_run_with_knn_and_random_init(linear_run: 
     assert rows["top1"].iloc[0] == pytest.approx(100 * summary["top1"])
 
 
+@pytest.mark.slow
 def test_augmentation_notebook_shows_the_settings_and_the_view_pairs(tmp_path: Path) -> None:
     run = notebook.run_notebook("notebooks/40_augmentations.ipynb",
                                 {"image_size": 32, "pairs": 2, "overrides": ["augmentation.view2.solarize=0.5"]},
@@ -163,6 +167,7 @@ def test_augmentation_notebook_shows_the_settings_and_the_view_pairs(tmp_path: P
 
 
 
+@pytest.mark.slow
 def test_ablation_notebook_runs_a_grid_and_sets_measured_beside_paper_deltas(tmp_path: Path) -> None:
     grid = tmp_path / "tiny.yaml"
     grid.write_text(TINY_GRID)
@@ -179,6 +184,7 @@ def test_ablation_notebook_runs_a_grid_and_sets_measured_beside_paper_deltas(tmp
     assert "remove blur" in html and "sign_agrees" in html and "kendall_tau_b" in html
 
 
+@pytest.mark.slow
 def test_report_notebook_builds_a_self_contained_html(linear_run: Path, results: Path, tmp_path: Path) -> None:
     folder = tmp_path / "results"
     shutil.copytree(results, folder)
@@ -217,6 +223,7 @@ def test_report_notebook_builds_a_self_contained_html(linear_run: Path, results:
 
 
 @pytest.mark.skipif(BROWSER is None, reason="no Chromium on this machine")
+@pytest.mark.slow
 def test_the_offline_render_check_catches_an_external_resource(tmp_path: Path) -> None:
     page = tmp_path / "page.html"
     page.write_text('<html><head><script src="https://cdn.example.org/x.js"></script></head>'
@@ -232,6 +239,7 @@ def test_byol_report_names_a_missing_results_folder(tmp_path: Path, capsys: pyte
     assert not (tmp_path / "missing").exists()
 
 
+@pytest.mark.slow
 def test_a_notebook_that_raises_is_recorded_as_failed(tmp_path: Path) -> None:
     nb = new_notebook(cells=[new_code_cell("x: int = 1  # a number"), new_code_cell("raise ValueError(f'boom {x}')")],
                       metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
@@ -251,7 +259,7 @@ def test_a_notebook_that_raises_is_recorded_as_failed(tmp_path: Path) -> None:
 def test_unknown_parameters_are_rejected_before_anything_runs(tmp_path: Path) -> None:
     with pytest.raises(notebook.UnknownParameterError, match=r"epoch \(did you mean epochs\?\)"):
         notebook.run_notebook("notebooks/10_pretrain.ipynb", {"epoch": 3}, results_dir=tmp_path)
-    assert notebook.main(["run", "notebooks/10_pretrain.ipynb", "-p", "learning_rate=0.1"]) == 1
+    assert cli.main(["notebook", "notebooks/10_pretrain.ipynb", "-p", "learning_rate=0.1"]) == 2
     assert not list(tmp_path.iterdir()) and not (ROOT / "results" / "learning_rate").exists()
     with pytest.raises(ValueError, match="never go there"):
         notebook.run_notebook("notebooks/40_augmentations.ipynb", run_dir=NOTEBOOK_DIR / "out")
@@ -275,6 +283,7 @@ def test_kernel_environment_is_quiet_and_restored(monkeypatch: pytest.MonkeyPatc
     assert dict(os.environ) == before
 
 
+@pytest.mark.slow
 def test_a_failed_notebook_does_not_unfinish_a_finished_run(tmp_path: Path) -> None:
     (tmp_path / "summary.json").write_text(json.dumps({"run_id": "r", "kind": "pretrain", "status": "finished"}))
     entry = {"name": "10_pretrain", "status": "failed", "error": "KeyError: 'x' (cell 7)"}

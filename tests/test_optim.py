@@ -54,7 +54,7 @@ def run(model: nn.Layer, opt: LARS, grads: Sequence[Sequence[np.ndarray]], lrs: 
 
 def ref_jax(w: np.ndarray, g: np.ndarray, mu: np.ndarray, lr: float, excluded: bool, *, momentum: float,
             eta: float, weight_decay: float) -> tuple[np.ndarray, np.ndarray]:
-    """Reference §3.1: wd and trust ratio on non-excluded params, lr applied after the momentum buffer."""
+    """The JAX code (utils/optimizers.py): wd and trust ratio on non-excluded params, lr after the momentum buffer."""
     if not excluded:
         g = g + weight_decay * w
         w_norm, g_norm = np.linalg.norm(w), np.linalg.norm(g)
@@ -65,7 +65,7 @@ def ref_jax(w: np.ndarray, g: np.ndarray, mu: np.ndarray, lr: float, excluded: b
 
 def ref_passl(w: np.ndarray, g: np.ndarray, v: np.ndarray, lr: float, excluded: bool, *, momentum: float,
               eta: float, weight_decay: float, epsilon: float) -> tuple[np.ndarray, np.ndarray]:
-    """Reference §3.2 / D8: Paddle lars_momentum; excluded params have wd 0 and hence plain momentum."""
+    """Paddle's lars_momentum (D8 in docs/sources.md); excluded params have wd 0 and hence plain momentum."""
     wd = 0.0 if excluded else weight_decay
     w_norm, g_norm = np.linalg.norm(w), np.linalg.norm(g)
     adapt = wd > 0 and w_norm > 0 and g_norm > 0

@@ -2,9 +2,10 @@
 not itself change, so their difference is a paired comparison.
 
 For every variant of the augmentation and PASSL-deviation grids, the views of the same (seed, step, image) are
-sampled for the baseline and the variant; spies record each sampler call's crop box, jitter strengths and
-order, and the device parameters (blur and solarise coins, sigmas). Each must equal the baseline's unless the
-variant's own overrides change that very draw. Model initialisation and the data order are checked the same way.
+sampled for the baseline and the variant; a spy records each sampler call's crop box, and the device parameters
+give the jitter strengths and order, the blur and solarise coins and the sigmas. Each must equal the baseline's
+unless the variant's own overrides change that very draw. Model initialisation and the data order are checked the
+same way.
 """
 
 from __future__ import annotations
@@ -49,29 +50,27 @@ class _Images:
 
 
 def _draws(cfg: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """Per (key, view): the crop box, the jitter strengths and order (when jitter ran), blur/solarise coins and
-    sigmas, recorded by spies on the sampler's parts."""
+    """Per (key, view): the crop box (recorded by a spy on the sampler's crop), and from the device parameters the
+    jitter strengths and order (when jitter is on), blur/solarise coins and sigmas."""
     calls: list[dict[str, Any]] = []
-    crop, jitter = A.sample_crop, A.ViewSampler.jitter
+    crop = A.sample_crop
 
     def spy_crop(*args: Any) -> tuple[int, int, int, int]:
         box = crop(*args)
         calls.append({"box": box})
         return box
 
-    def spy_jitter(self: A.ViewSampler, x: np.ndarray, values: np.ndarray, order: np.ndarray) -> np.ndarray:
-        calls[-1]["jitter"] = (values.tolist(), order.tolist())
-        return jitter(self, x, values, order)
-
     monkeypatch.setattr(A, "sample_crop", spy_crop)
-    monkeypatch.setattr(A.ViewSampler, "jitter", spy_jitter)
     dataset = TwoViewDataset(_Images(), cfg["augmentation"], cfg["seed"])
     try:
         for key in KEYS:
             dataset.seed = key[0]
             _, params1, _, params2, *_ = dataset[key[1:]]
             for call, params in zip(calls[-2:], (params1, params2), strict=True):
-                call.update(blur=params[0], solarize=params[1], sigma=params[2])  # D2: the first of the taps
+                call.update(blur=params[A.BLUR_ON], solarize=params[A.SOLARIZE_ON],
+                            sigma=params[A.SIGMAS])  # D2: the first of the taps
+                if params[A.JITTER_ON]:
+                    call["jitter"] = (params[A.JITTER_VALUES].tolist(), params[A.JITTER_ORDER].tolist())
     finally:
         monkeypatch.undo()
     return calls

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from byol_lib.choices import DEFAULT_STUDY, PROFILES
 from byol_lib.config import ConfigError, load_config
-from byol_lib.pipeline import DEFAULT_STUDY, PROFILES, data_overrides, reproduce
+from byol_lib.pipeline import data_overrides, reproduce
 from byol_lib.variants import load_grid, load_study
 
 from .conftest import ROOT

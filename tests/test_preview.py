@@ -118,6 +118,7 @@ def test_plot_view_pairs_figure_and_png(photo: np.ndarray, tmp_path: Path) -> No
         P.plot_view_pairs([], aug)
 
 
+@pytest.mark.slow
 def test_import_chooses_no_matplotlib_backend() -> None:
     code = ("import sys, byol_lib.data.preview\n"
             "print([m for m in sys.modules\n"

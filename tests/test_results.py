@@ -45,6 +45,7 @@ def test_config_hash_ignores_where_results_live_but_not_which_data_or_weights(tm
     assert config_hash(linear_cfg(a, "random", "/data/x")) != config_hash(linear_cfg(a, "random", "/data/y"))
 
 
+@pytest.mark.slow
 def test_a_copied_results_folder_keeps_its_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A finished tiny pretraining and its linear evaluation (named runs, as run_all and the ablation runner make
     them), copied elsewhere and re-run there: both are recognised and skipped, their records untouched; a run whose

@@ -17,10 +17,11 @@ import pytest
 
 from byol_lib.checkpoint import list_checkpoints, save_checkpoint
 from byol_lib.cli import main
-from byol_lib.config import ConfigError, load_config, resolve
+from byol_lib.config import ConfigError, load_config
 from byol_lib.export import convert_file, extract_file
 from byol_lib.model import ResNet, byol_from_config
 from byol_lib.optim import LARS
+from byol_lib.plan import resolve
 from byol_lib.results import read_metrics, read_summary
 from byol_lib.run_folder import LOCK
 from byol_lib.safe_pickle import WeightFileError, load_weights
@@ -81,6 +82,7 @@ def _tool(script: str, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("script", ["tools/extract_weight.py", "tools/passl2ppclas/convert.py"])
+@pytest.mark.slow
 def test_tools_refuse_a_pickle_that_runs_code(tmp_path: Path, evil: Path, script: str) -> None:
     out = tmp_path / "out" / "w.pdparams"
     args = [str(evil)] if script.endswith("extract_weight.py") else ["--checkpoint", str(evil)]
@@ -183,6 +185,7 @@ def test_converted_and_extracted_files_reference_no_numpy_core_of_numpy2(tmp_pat
 # Items 5, 6, 10: where --resume writes, and one-line errors that write nothing
 
 
+@pytest.mark.slow
 def test_resume_from_a_run_folder_of_ours_continues_in_it(tmp_path: Path, tiny_run: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     step2 = dict(list_checkpoints(tiny_run / "checkpoints"))[2]
@@ -192,6 +195,7 @@ def test_resume_from_a_run_folder_of_ours_continues_in_it(tmp_path: Path, tiny_r
     assert [row["step"] for row in read_metrics(tiny_run)] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_resume_from_a_loose_file_writes_under_output_dir(tmp_path: Path, tiny_run: Path) -> None:
     loose = tmp_path / "loose" / "x.pdckpt"
     loose.parent.mkdir()
@@ -214,6 +218,7 @@ def _wrong_width_checkpoint(folder: Path) -> Path:
     ("empty", "not a Paddle/pickle weight file"), ("wrong_width", "does not fit this model"),
     ("not_a_checkpoint", "not a byol-repro checkpoint"),
 ])
+@pytest.mark.slow
 def test_bad_resume_files_give_one_line_and_write_nothing(tmp_path: Path, tiny_run: Path,
                                                           capsys: pytest.CaptureFixture[str], case: str,
                                                           needle: str) -> None:

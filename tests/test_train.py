@@ -29,6 +29,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "BYOL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_a_complete_run_folder(tmp_path: Path) -> None:
     cfg = load_config(TINY_CONFIG, [f"output_dir={tmp_path}"])
     run = pretrain(cfg, verbose=False)
@@ -115,6 +116,7 @@ def test_bad_input_fails_before_any_work_and_writes_nothing(tmp_path: Path, extr
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_named_run_is_reused_when_finished_and_guarded_against_other_configs(tmp_path: Path) -> None:
     from byol_lib.config import ConfigError
 
@@ -127,6 +129,7 @@ def test_named_run_is_reused_when_finished_and_guarded_against_other_configs(tmp
         pretrain(load_config(TINY_CONFIG, [f"output_dir={tmp_path}", "run_id=named", "seed=1"]), verbose=False)
 
 
+@pytest.mark.slow
 def test_knn_monitor_logs_during_pretraining(tmp_path: Path) -> None:
     cfg = load_config(TINY_CONFIG, [f"output_dir={tmp_path}", "knn_monitor.interval_epochs=1", "knn_monitor.k=5"])
     rows = read_metrics(pretrain(cfg, verbose=False))
@@ -134,6 +137,7 @@ def test_knn_monitor_logs_during_pretraining(tmp_path: Path) -> None:
     assert [r["step"] for r in knn] == [4, 8] and all(0.0 <= r["knn_top1"] <= 1.0 for r in knn)
 
 
+@pytest.mark.slow
 def test_the_loop_moves_the_target_after_each_optimiser_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """In the real loop, every step is: LARS step, then the EMA towards the *updated* online weights (the JAX
     code's order), with the scheduled tau; the target's new weights are tau x old + (1 - tau) x updated online."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from byol_lib.export import extract_main  # noqa: E402
+from byol_lib.cli import extract_main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(extract_main())

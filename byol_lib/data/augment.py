@@ -3,25 +3,30 @@
 Each view is split in two parts:
 
 * ``ViewSampler`` (numpy only, per image, runs in DataLoader workers): random resized crop, TF-style
-  bicubic resize, /255 and clip, flip, colour jitter (4 ops in a random order, each clipped),
-  grayscale; it also draws the per-image parameters of the device part.
-* ``device_augment`` (paddle, whole batch at once): Gaussian blur (one depthwise conv per direction),
-  solarisation, final clip and mean/std normalisation.
+  bicubic resize, /255 and clip, flip; it also draws every random parameter of the device part, so the random
+  streams stay per image and independent of batching.
+* ``device_augment`` (paddle, whole batch at once): colour jitter (4 ops in a per-image random order, each
+  clipped), grayscale, Gaussian blur (one depthwise conv per direction), solarisation, final clip and mean/std
+  normalisation. A worker thus only decodes, crops, resizes and flips (``bench/loader.py`` measures the cost).
 
 Coins follow JAX: an op with probability ``p`` is applied iff ``u <= p`` with ``u ~ U(0, 1)``.
 PASSL deviations (docs/sources.md) are opt-in switches: ``crop.method = "passl_retry"`` (D12: the retry-loop
 sampler and Pillow's bicubic resize, antialiased when downscaling), ``contrast_mean = "passl_per_row"`` (D3) and
 ``blur.method = "passl_per_tap"`` (D2).
 
-Device parameter vector of one image (float32, length ``device_params_length(aug)``):
-``[blur_on, solarize_on, sigma_0, ..., sigma_{k-1}]`` with flags 0/1 and ``k = 1`` for
-``blur.method = "gaussian"`` or ``k = blur_taps(image_size, kernel_fraction)`` for ``"passl_per_tap"``.
+Device parameter vector of one image (float32, length ``device_params_length(aug)``), indices below:
+``[blur_on, solarize_on, jitter_on, gray_on, brightness_delta, contrast_factor, saturation_factor, hue_delta,
+order_0, ..., order_3, sigma_0, ..., sigma_{k-1}]``: flags 0/1; the four jitter parameters ready to apply
+(``delta = u_b * brightness``, ``factor = 1 + u_c * contrast``, ``1 + u_s * saturation``, ``u_h * hue`` with ``u``
+uniform in [-1, 1]); ``order`` the permutation of the ops (0 brightness, 1 contrast, 2 saturation, 3 hue) applied
+first to last; ``k = 1`` sigma for ``blur.method = "gaussian"`` or ``k = blur_taps(image_size, kernel_fraction)`` for
+``"passl_per_tap"``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -159,16 +164,34 @@ def resize_matrix(in_size: int, out_size: int) -> np.ndarray:
     (TF's rule for half-pixel bicubic). TF quantises the weights to a 1024-entry table; these are exact.
     """
     pos = (np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5
-    base = np.floor(pos)
-    idx = base[:, None].astype(np.int64) + np.arange(-1, 3)
+    idx = np.floor(pos).astype(np.int64)[:, None] + np.arange(-1, 3)
     weights = _keys_cubic(pos[:, None] - idx)
-    inside = (idx >= 0) & (idx < in_size)
-    weights = np.where(inside, weights, 0.0)
+    weights[(idx < 0) | (idx >= in_size)] = 0.0
     weights /= weights.sum(axis=1, keepdims=True)
-    matrix = np.zeros((out_size, in_size), dtype=np.float64)
-    rows = np.broadcast_to(np.arange(out_size)[:, None], idx.shape)
-    matrix[rows[inside], idx[inside]] = weights[inside]
-    return matrix.astype(np.float32)
+    matrix = np.zeros((out_size, in_size + 4), dtype=np.float32)  # 2 spare columns each side take the outside taps
+    matrix[np.arange(out_size)[:, None], idx + 2] = weights  # the 4 taps of a row are distinct columns
+    return np.ascontiguousarray(matrix[:, 2:-2])
+
+
+BAND_BLOCK = 16  # output rows (columns) per matrix product of a banded resize
+
+
+def _apply_banded(matrix: np.ndarray, x: np.ndarray, along_rows: bool) -> np.ndarray:
+    """``matrix @ x`` (``along_rows``) or ``x @ matrix.T``, ``BAND_BLOCK`` output indices at a time over only the
+    input indices that block reads: a resize matrix has 4 non-zero taps per row, so a full product would spend most
+    of its multiplications on zeros (3x slower per view at 224 px, measured in bench/loader.py's setting)."""
+    out_size = matrix.shape[0]
+    shape = (*x.shape[:-2], out_size, x.shape[-1]) if along_rows else (*x.shape[:-1], out_size)
+    out = np.empty(shape, dtype=np.float32)
+    for start in range(0, out_size, BAND_BLOCK):
+        block = matrix[start:start + BAND_BLOCK]
+        used = np.flatnonzero(block.any(axis=0))
+        low, high = used[0], used[-1] + 1
+        if along_rows:
+            out[..., start:start + BAND_BLOCK, :] = np.matmul(block[:, low:high], x[..., low:high, :])
+        else:
+            out[..., start:start + BAND_BLOCK] = np.matmul(x[..., low:high], block[:, low:high].T)
+    return out
 
 
 def _resize_to_chw(image: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -177,9 +200,9 @@ def _resize_to_chw(image: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.
     rows = rows * np.float32(1.0 / 255.0)
     h, w = x.shape[1:]
     if rows.shape[0] * w * (h + cols.shape[0]) <= cols.shape[0] * h * (w + rows.shape[0]):
-        out = np.matmul(np.matmul(rows, x), cols.T)
+        out = _apply_banded(cols, _apply_banded(rows, x, along_rows=True), along_rows=False)
     else:
-        out = np.matmul(rows, np.matmul(x, cols.T))
+        out = _apply_banded(rows, _apply_banded(cols, x, along_rows=False), along_rows=True)
     return np.clip(out, 0.0, 1.0, out=out)
 
 
@@ -204,69 +227,6 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     return image
 
 
-# ----------------------------------------------------------------------------- colour (numpy, CHW)
-
-
-def rgb_to_hsv(x: np.ndarray) -> np.ndarray:
-    """TF-style RGB -> HSV on a [3, ...] array in [0, 1]; hue in [0, 1)."""
-    r, g, b = x
-    v = x.max(axis=0)
-    delta = v - x.min(axis=0)
-    s = np.where(v > 0, delta / np.where(v > 0, v, 1.0), 0.0)
-    safe = np.where(delta > 0, delta, 1.0)
-    h = np.where(v == r, (g - b) / safe, np.where(v == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
-    h = np.where(delta > 0, h / 6.0, 0.0)
-    h = np.where(h < 0, h + 1.0, h)
-    return np.stack([h, s, v]).astype(x.dtype, copy=False)
-
-
-def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
-    """TF-style HSV -> RGB on a [3, ...] array."""
-    h, s, v = hsv
-    dh = h * 6.0
-    dr = np.clip(np.abs(dh - 3.0) - 1.0, 0.0, 1.0)
-    dg = np.clip(2.0 - np.abs(dh - 2.0), 0.0, 1.0)
-    db = np.clip(2.0 - np.abs(dh - 4.0), 0.0, 1.0)
-    return ((np.stack([dr, dg, db]) - 1.0) * s + 1.0) * v
-
-
-def adjust_brightness(x: np.ndarray, delta: float) -> np.ndarray:
-    """Additive brightness, clipped to [0, 1]."""
-    return np.clip(x + np.float32(delta), 0.0, 1.0)
-
-
-def adjust_contrast(x: np.ndarray, factor: float, mean_mode: str = "per_channel") -> np.ndarray:
-    """``f * (x - mean) + mean`` clipped; mean per channel over H, W or, for D3, per row over W and C."""
-    axes = (1, 2) if mean_mode == "per_channel" else (0, 2)
-    mean = x.mean(axis=axes, keepdims=True)
-    return np.clip((x - mean) * np.float32(factor) + mean, 0.0, 1.0)
-
-
-def adjust_saturation(x: np.ndarray, factor: float) -> np.ndarray:
-    """HSV saturation times ``factor >= 0`` (clipped to [0, 1]), back to RGB, clipped.
-
-    Computed in closed form: with hue and value ``v = max`` fixed, every channel ``c`` maps to
-    ``v - (v - c) * s' / s`` where ``s' / s = min(factor, 1 / s) = min(factor, v / (v - min))``.
-    """
-    v = x.max(axis=0)
-    delta = v - x.min(axis=0)
-    gain = np.minimum(np.float32(factor), v / np.where(delta > 0, delta, 1.0))
-    return np.clip(v - (v - x) * gain, 0.0, 1.0)
-
-
-def adjust_hue(x: np.ndarray, delta: float) -> np.ndarray:
-    """HSV hue shifted by ``delta`` modulo 1, back to RGB, clipped."""
-    hsv = rgb_to_hsv(x)
-    hsv[0] = np.mod(hsv[0] + np.float32(delta), 1.0)
-    return np.clip(hsv_to_rgb(hsv), 0.0, 1.0)
-
-
-def to_grayscale(x: np.ndarray) -> np.ndarray:
-    """Luma 0.2989 R + 0.5870 G + 0.1140 B replicated to 3 channels."""
-    luma = np.tensordot(np.asarray(LUMA, dtype=x.dtype), x, axes=1)
-    return np.broadcast_to(luma, x.shape).copy()
-
-
 # ----------------------------------------------------------------------------- per-image sampler
 
 
@@ -280,9 +240,15 @@ def _num_sigmas(aug: Mapping[str, Any]) -> int:
     return blur_taps(aug["image_size"], blur["kernel_fraction"]) if blur["method"] == "passl_per_tap" else 1
 
 
+BLUR_ON, SOLARIZE_ON, JITTER_ON, GRAY_ON = 0, 1, 2, 3
+JITTER_VALUES = slice(4, 8)  # brightness delta, contrast factor, saturation factor, hue delta
+JITTER_ORDER = slice(8, 12)
+SIGMAS = 12  # first sigma; the rest follow
+
+
 def device_params_length(aug: Mapping[str, Any]) -> int:
-    """Length of the per-image device parameter vector ``[blur_on, solarize_on, sigma...]``."""
-    return 2 + _num_sigmas(aug)
+    """Length of the per-image device parameter vector (module docstring)."""
+    return SIGMAS + _num_sigmas(aug)
 
 
 class ViewSampler:
@@ -302,43 +268,25 @@ class ViewSampler:
         p = aug[view]
         self.size = int(aug["image_size"])
         self.crop = dict(aug["crop"])
-        self.contrast_mean = aug["contrast_mean"]
         self.probs = np.array([p["flip"], p["color_jitter"], p["grayscale"], p["blur"], p["solarize"]])
         self.strengths = np.array([p["brightness"], p["contrast"], p["saturation"], p["hue"]])
         self.sigma = tuple(aug["blur"]["sigma"])
         self.num_sigmas = _num_sigmas(aug)
-
-    def jitter(self, x: np.ndarray, values: np.ndarray, order: np.ndarray) -> np.ndarray:
-        """Apply brightness/contrast/saturation/hue ops (``values`` in [-1, 1] scaled by strength)."""
-        b, c, s, h = values * self.strengths
-        ops = (
-            lambda y: adjust_brightness(y, b),
-            lambda y: adjust_contrast(y, 1.0 + c, self.contrast_mean),
-            lambda y: adjust_saturation(y, 1.0 + s),
-            lambda y: adjust_hue(y, h),
-        )
-        for i in order:
-            x = ops[i](x)
-        return x
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         image = _check_image(image)
         crop_rng = np.random.default_rng(rng.integers(np.iinfo(np.int64).max))
         box = sample_crop(image.shape[0], image.shape[1], self.crop, crop_rng)
         coins = rng.random(5) <= self.probs
-        values = rng.uniform(-1.0, 1.0, size=4)
+        values = rng.uniform(-1.0, 1.0, size=4) * self.strengths
         order = rng.permutation(4)
         sigmas = rng.uniform(self.sigma[0], self.sigma[1], size=self.num_sigmas)
         flip, jitter, gray, blur, solarize = coins
         x = crop_and_resize(image, box, self.size, self.crop["method"])
         if flip:
             x = x[:, :, ::-1]
-        if jitter:
-            x = self.jitter(x, values, order)
-        if gray:
-            x = to_grayscale(x)
-        params = np.concatenate([[float(blur), float(solarize)], sigmas]).astype(np.float32)
-        return np.ascontiguousarray(x, dtype=np.float32), params
+        params = np.concatenate([[blur, solarize, jitter, gray], values + [0.0, 1.0, 1.0, 0.0], order, sigmas])
+        return np.ascontiguousarray(x, dtype=np.float32), params.astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- batched device part
@@ -366,20 +314,139 @@ def _blur(x: paddle.Tensor, params: paddle.Tensor, aug: Mapping[str, Any]) -> pa
     n, c, h, w = x.shape
     taps = blur_taps(h, aug["blur"]["kernel_fraction"])
     radius = taps // 2
-    kernels = blur_kernels(params[:, 2:], taps).repeat_interleave(c, axis=0)
+    kernels = blur_kernels(params[:, SIGMAS:], taps).repeat_interleave(c, axis=0)
     y = x.reshape([1, n * c, h, w])
     y = F.conv2d(y, kernels.reshape([n * c, 1, 1, taps]), padding=[0, radius], groups=n * c)
     y = F.conv2d(y, kernels.reshape([n * c, 1, taps, 1]), padding=[radius, 0], groups=n * c)
     return y.reshape([n, c, h, w])
 
 
-def device_augment(x: paddle.Tensor, params: paddle.Tensor, aug: Mapping[str, Any]) -> paddle.Tensor:
-    """Blur, solarise, clip and normalise a batch ``x [N,3,S,S]`` with per-image ``params``.
+Array = np.ndarray | paddle.Tensor  # the colour ops run on numpy arrays (CPU path) or paddle tensors (accelerators)
 
-    Blur: the same 1-D filter horizontally then vertically, each pass one depthwise (grouped)
-    cross-correlation over all ``N*3`` channels, zero 'SAME' padding; images with ``blur_on = 0``
-    pass through unchanged. Solarise: ``x -> 1 - x`` where ``x >= 0.5`` for images with
-    ``solarize_on = 1``.
+
+def _xp(x: Array) -> Any:
+    """numpy or paddle, whichever holds ``x`` (both spell ``where``, ``minimum``, ``ones_like``, ``zeros_like``)."""
+    return np if isinstance(x, np.ndarray) else paddle
+
+
+def _reduce(x: Array, how: str, axis: int | tuple[int, ...]) -> Array:
+    """``x.max`` / ``min`` / ``mean`` / ``sum`` over ``axis``, dimensions kept."""
+    keep = {"keepdims": True} if isinstance(x, np.ndarray) else {"keepdim": True}
+    return getattr(x, how)(axis=axis, **keep)
+
+
+def _concat(parts: list[Array], axis: int) -> Array:
+    return np.concatenate(parts, axis=axis) if isinstance(parts[0], np.ndarray) else paddle.concat(parts, axis=axis)
+
+
+def _per_image(values: Array) -> Array:
+    """``[N]`` values shaped ``[N, 1, 1, 1]`` to broadcast over images."""
+    return values.reshape([-1, 1, 1, 1])
+
+
+def adjust_brightness(x: Array, delta: Array) -> Array:
+    """Additive brightness ``delta [N]`` per image of ``x [N,3,H,W]``, clipped to [0, 1]."""
+    return (x + _per_image(delta)).clip(0.0, 1.0)
+
+
+def adjust_contrast(x: Array, factor: Array, mean_mode: str = "per_channel") -> Array:
+    """``f * (x - mean) + mean`` clipped, ``factor [N]``; mean per channel over H, W or, for D3, per row over W and
+    C (PASSL takes the mean over the last two axes of an HWC image)."""
+    mean = _reduce(x, "mean", (2, 3) if mean_mode == "per_channel" else (1, 3))
+    return ((x - mean) * _per_image(factor) + mean).clip(0.0, 1.0)
+
+
+def adjust_saturation(x: Array, factor: Array) -> Array:
+    """HSV saturation times ``factor [N] >= 0`` (clipped to [0, 1]), back to RGB, clipped.
+
+    Computed in closed form: with hue and value ``v = max`` fixed, every channel ``c`` maps to
+    ``v - (v - c) * s' / s`` where ``s' / s = min(factor, 1 / s) = min(factor, v / (v - min))``.
+    """
+    xp = _xp(x)
+    v = _reduce(x, "max", 1)
+    delta = v - _reduce(x, "min", 1)
+    gain = xp.minimum(_per_image(factor), v / xp.where(delta > 0, delta, xp.ones_like(delta)))
+    return (v - (v - x) * gain).clip(0.0, 1.0)
+
+
+def adjust_hue(x: Array, delta: Array) -> Array:
+    """TF's RGB -> HSV, hue shifted by ``delta [N]`` modulo 1, HSV -> RGB, clipped."""
+    xp = _xp(x)
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    v = _reduce(x, "max", 1)
+    spread = v - _reduce(x, "min", 1)
+    ones = xp.ones_like(spread)
+    safe = xp.where(spread > 0, spread, ones)
+    hue = xp.where(v == r, (g - b) / safe, xp.where(v == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
+    hue = (xp.where(spread > 0, hue / 6.0, xp.zeros_like(hue)) + _per_image(delta)) % 1.0
+    saturation = xp.where(v > 0, spread / xp.where(v > 0, v, ones), xp.zeros_like(v))
+    sixths = hue * 6.0
+    channels = _concat([(abs(sixths - 3.0) - 1.0).clip(0.0, 1.0), (2.0 - abs(sixths - 2.0)).clip(0.0, 1.0),
+                        (2.0 - abs(sixths - 4.0)).clip(0.0, 1.0)], axis=1)
+    return (((channels - 1.0) * saturation + 1.0) * v).clip(0.0, 1.0)
+
+
+def to_grayscale(x: Array) -> Array:
+    """Luma 0.2989 R + 0.5870 G + 0.1140 B replicated to 3 channels."""
+    luma = x[:, 0:1] * LUMA[0] + x[:, 1:2] * LUMA[1] + x[:, 2:3] * LUMA[2]
+    return _concat([luma, luma, luma], axis=1)
+
+
+OpOnImages = Callable[[Array, Array], Array]
+
+
+def _apply_where(x: Array, selected: Array, op: OpOnImages, values: Array, fixed_shape: bool) -> Array:
+    """``op(image, its values)`` on the images with ``selected [N]`` true, the others unchanged.
+
+    ``fixed_shape``: ``op`` runs on the whole batch and the result is selected per image (no host
+    synchronisation, one shape: for accelerators). Otherwise only the selected images are gathered, changed and
+    scattered back (the CPU path: no work on the others). Equal up to float rounding.
+    """
+    if fixed_shape:
+        return paddle.where(_per_image(selected), op(x, values), x)
+    if isinstance(x, np.ndarray):
+        chosen = np.flatnonzero(selected)
+        if len(chosen):
+            x[chosen] = op(x[chosen], values[chosen])
+        return x
+    chosen = paddle.nonzero(selected).flatten()
+    if chosen.shape[0] == 0:
+        return x
+    if chosen.shape[0] == x.shape[0]:
+        return op(x, values)
+    return paddle.scatter(x, chosen, op(paddle.gather(x, chosen), paddle.gather(values, chosen)))
+
+
+def _colour(x: Array, params: Array, aug: Mapping[str, Any], fixed_shape: bool) -> Array:
+    """Colour jitter, then grayscale, of the images whose flags are on. Jitter: at each of the 4 positions of its
+    order, each image runs the op its permutation puts there."""
+    mean_mode = aug["contrast_mean"]
+    ops: tuple[OpOnImages, ...] = (
+        adjust_brightness,
+        lambda y, factor: adjust_contrast(y, factor, mean_mode),
+        adjust_saturation,
+        adjust_hue,
+    )
+    jitter_on = params[:, JITTER_ON] > 0.5
+    order = params[:, JITTER_ORDER]
+    for position in range(4):
+        for op_index, op in enumerate(ops):
+            selected = jitter_on & (order[:, position] == float(op_index))
+            x = _apply_where(x, selected, op, params[:, JITTER_VALUES.start + op_index], fixed_shape)
+    return _apply_where(x, params[:, GRAY_ON] > 0.5, lambda images, _: to_grayscale(images), params, fixed_shape)
+
+
+def device_augment(x: paddle.Tensor, params: paddle.Tensor, aug: Mapping[str, Any],
+                   fixed_shape: bool | None = None) -> paddle.Tensor:
+    """Colour jitter, grayscale, blur, solarise, clip and normalise a batch ``x [N,3,S,S]`` with per-image
+    ``params`` (module docstring), in the paper's order.
+
+    Jitter and grayscale as in JAX (each jitter op clipped to [0, 1]). Blur: the same 1-D filter horizontally then
+    vertically, each pass one depthwise (grouped) cross-correlation over all ``N*3`` channels, zero 'SAME'
+    padding. Solarise: ``x -> 1 - x`` where ``x >= 0.5``. Images whose flag is 0 pass an op unchanged.
+    ``fixed_shape`` (default: on accelerators, not on the CPU) chooses how per-image ops run (``_apply_where``);
+    without it the colour ops run in numpy on the images they apply to (Paddle's CPU kernels with per-image
+    broadcasting were about 15x slower).
     """
     n, c, h, w = x.shape
     size, length = aug["image_size"], device_params_length(aug)
@@ -387,17 +454,15 @@ def device_augment(x: paddle.Tensor, params: paddle.Tensor, aug: Mapping[str, An
         raise ValueError(
             f"expected x [N, 3, {size}, {size}] and params [N, {length}], got {x.shape} and {params.shape}"
         )
+    if fixed_shape is None:
+        fixed_shape = not x.place.is_cpu_place()
     params = params.astype(x.dtype)
-    blur_on = params[:, 0] > 0.5
-    if x.place.is_cpu_place():  # convolve only the images to blur (view 2: ~10 %); equal up to float rounding
-        chosen = paddle.nonzero(blur_on).flatten()
-        y = x
-        if chosen.shape[0] > 0:
-            blurred = _blur(paddle.gather(x, chosen), paddle.gather(params, chosen), aug)
-            y = paddle.scatter(x, chosen, blurred) if chosen.shape[0] < n else blurred
-    else:  # one fixed-shape pass on accelerators, no host synchronisation
-        y = paddle.where(blur_on.reshape([n, 1, 1, 1]), _blur(x, params, aug), x)
-    solarize_on = (params[:, 1] > 0.5).reshape([n, 1, 1, 1])
+    if fixed_shape:
+        y = _colour(x, params, aug, fixed_shape=True)
+    else:
+        y = paddle.to_tensor(_colour(x.numpy(), params.numpy(), aug, fixed_shape=False), place=x.place)
+    y = _apply_where(y, params[:, BLUR_ON] > 0.5, lambda images, p: _blur(images, p, aug), params, fixed_shape)
+    solarize_on = _per_image(params[:, SOLARIZE_ON] > 0.5)
     y = paddle.where(paddle.logical_and(solarize_on, y >= 0.5), 1.0 - y, y)
     return normalize(paddle.clip(y, 0.0, 1.0), aug)
 
@@ -439,10 +504,26 @@ def _passl_eval(image: np.ndarray, short: int, size: int) -> np.ndarray:
 
 
 def linear_train_transform(image: np.ndarray, aug: Mapping[str, Any], rng: np.random.Generator) -> np.ndarray:
-    """Linear-eval training view (paper App. C.1): random resized crop (same sampler) + flip (p 0.5)."""
+    """Linear-eval training view (paper App. C.1): random resized crop (same sampler) + flip (p 0.5).
+
+    ``eval_resize: passl`` (D18, PASSL's linear protocol): ``_passl_linear_train``."""
     image = _check_image(image)
     box = sample_crop(image.shape[0], image.shape[1], aug["crop"], rng)
+    if aug["eval_resize"] == "passl":
+        return _passl_linear_train(image, box, int(aug["image_size"]), rng)
     x = crop_and_resize(image, box, int(aug["image_size"]), aug["crop"]["method"])
     if rng.random() <= LINEAR_FLIP_PROB:
         x = x[:, :, ::-1]
     return np.ascontiguousarray(x)
+
+
+def _passl_linear_train(image: np.ndarray, box: tuple[int, int, int, int], size: int,
+                        rng: np.random.Generator) -> np.ndarray:
+    """PASSL's linear-eval train transform (``ByolRandomCrop``, ``RandomHorizontalFlip``, ``Resize((S, S), bicubic)``
+    on a PIL image, /255): the crop ``box`` (PASSL's crop is the JAX draw), flipped when ``u < 0.5``, then Pillow's
+    bicubic to ``size`` (antialiased when downscaling) rounded to uint8."""
+    top, left, h, w = box
+    patch = image[top:top + h, left:left + w]
+    if rng.random() < LINEAR_FLIP_PROB:
+        patch = patch[:, ::-1]
+    return crop_and_resize(np.ascontiguousarray(patch), (0, 0, h, w), size, "passl_retry")  # Pillow's bicubic

@@ -5,24 +5,30 @@ Every dataset gives ``len(ds)``, ``ds.image(i)`` (uint8 RGB, H x W x 3), ``ds.la
 ``ds.classes`` (class names, index = label; sorted folder names for ImageNet) and ``ds.bad_files``.
 ``build_dataset(cfg, split)`` picks one from the dataset section of the config.
 
-Bad files (ImageNet only). Decoding 1.28M JPEGs up front is too slow, so construction does a cheap
-check of every file -- non-empty and starting with the magic bytes of an image format -- and a file
-that fails is skipped, recorded in ``bad_files`` and reported in one warning (policy "skip") or
-raises ``DatasetError`` naming it (policy "strict"). A file that passes but fails to decode when
-loaded (e.g. truncated) raises in strict mode; in skip mode it is recorded, reported once and
-replaced by the next decodable image *of the same class* (cyclically), so labels stay right and
-the substitute is deterministic. Files found at load time are recorded in the process that loads
-them (a data-loader worker's list is not the parent's; the pretraining loader reports them back, see
-``data.loader``). Files without an image extension are not part of the dataset and are ignored, as in
-torchvision's ``ImageFolder``.
+ImageNet at scale. Building the dataset opens no image file: the folder is scanned once and the index (class
+names, paths relative to the root, labels) cached in ``$BYOL_CACHE_DIR/index`` (never in the data folder, which
+may be read-only), keyed by the folder's real path and valid while every folder the scan read keeps its
+modification time, so later processes (other ranks, the linear evaluation) load it instead of scanning; paths are
+held in one numpy byte array plus offsets (``PackedStrings``), which forked loader workers share instead of copying.
+``bench/index.py`` measures both.
+
+Bad files (ImageNet only) are found when they are read: a file that cannot be opened or decoded (empty, not an
+image, truncated, gone) raises ``DatasetError`` naming it (policy "strict"); in skip mode it is recorded in
+``bad_files``, reported in one warning and replaced by the next readable image *of the same class* (cyclically), so
+labels stay right and the substitute is deterministic. Files found in a data-loader worker are recorded in that
+worker (its list is not the parent's; the pretraining loader reports them back, see ``data.loader``). Files without
+an image extension are not part of the dataset and are ignored, as in torchvision's ``ImageFolder``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pickle
 import tarfile
+import time
+import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,15 +37,14 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image
 
+from byol_lib.atomic import write_atomic
 from byol_lib.data import synthetic
 from byol_lib.safe_pickle import safe_unpickle
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
-_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*", b"P5", b"P6", b"P2", b"P3")
 SPLITS = ("train", "val")
 BAD_FILE_POLICIES = ("skip", "strict")
 _CFG_DEFAULTS: dict[str, Any] = {"dataroot": "", "list_file": "", "bad_files": "skip", "num_images": 0, "seed": 0}
-_REPORT_LIMIT = 20
 
 logger = logging.getLogger(__name__)
 
@@ -102,14 +107,119 @@ class SyntheticDataset(ImageDataset):
 # ImageNet: class folders or a list file
 
 
-def _looks_like_image(path: str) -> bool:
-    """Non-empty and starting with an image format's magic bytes (a few bytes read)."""
+class PackedStrings:
+    """Strings held as one uint8 array of their encoded bytes (``os.fsencode``) plus int64 offsets.
+
+    A list of 1.28 M ``str`` objects is 1.28 M reference-counted objects: every read in a forked data-loader worker
+    writes a reference count, so the worker copies the list's pages one by one (copy-on-write) until it holds its own
+    copy. Two numpy arrays are two objects: reading an entry touches no page of the data, which stays shared.
+    """
+
+    def __init__(self, blob: np.ndarray, offsets: np.ndarray) -> None:
+        self.blob, self.offsets = blob, offsets
+
+    @classmethod
+    def pack(cls, strings: list[str]) -> PackedStrings:
+        """Pack ``strings`` in order."""
+        encoded = [os.fsencode(s) for s in strings]
+        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), out=offsets[1:])
+        return cls(np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, index: int) -> str:
+        return os.fsdecode(self.blob[self.offsets[index]:self.offsets[index + 1]].tobytes())
+
+    def take(self, indices: np.ndarray) -> PackedStrings:
+        """The entries at ``indices``, in that order."""
+        return PackedStrings.pack([self[int(i)] for i in indices])
+
+    def tolist(self) -> list[str]:
+        """Every entry as a ``str`` (for small sets: reports and tests)."""
+        return [self[i] for i in range(len(self))]
+
+
+INDEX_VERSION = 1
+FRESH_LISTING_SECONDS = 2.0  # a folder changed this recently may still be changing: its listing is not cached
+
+
+def _walk_class_folders(root: Path) -> tuple[list[str], list[str], list[int], list[str]]:
+    """Sorted class names, image paths relative to ``root`` and labels in class then path order, and every folder
+    read (relative to ``root``, ``""`` for root itself)."""
+    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
+    if not classes:
+        raise DatasetError(f"no class folders in '{root}' (a flat folder needs a list file: key 'list_file')")
+    paths: list[str] = []
+    labels: list[int] = []
+    folders = [""]
+    empty: list[str] = []
+    for label, name in enumerate(classes):
+        found = []
+        for folder, dirs, files in os.walk(root / name, followlinks=True):
+            dirs.sort()
+            relative = os.path.relpath(folder, root)
+            folders.append(relative)
+            found += [os.path.join(relative, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        if not found:
+            empty.append(str(root / name))
+        paths += found
+        labels += [label] * len(found)
+    if empty:
+        raise DatasetError(f"{len(empty)} class folder(s) without images, e.g. '{empty[0]}'")
+    return classes, paths, labels, folders
+
+
+def _folder_times(root: Path, folders: PackedStrings) -> np.ndarray | None:
+    """Modification times (ns) of ``folders`` under ``root``; None when one is gone."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(12)
+        return np.array([os.stat(root / folders[i]).st_mtime_ns for i in range(len(folders))], dtype=np.int64)
     except OSError:
-        return False
-    return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+        return None
+
+
+def index_cache_path(root: Path) -> Path:
+    """Cache file of the index of ``root`` (in the cache folder, never in the data folder, which may be read-only)."""
+    key = hashlib.sha256(os.fsencode(os.path.realpath(root))).hexdigest()[:20]
+    return synthetic.cache_dir() / "index" / f"imagefolder-v{INDEX_VERSION}-{key}.npz"
+
+
+def scan_folders(root: Path) -> tuple[list[str], PackedStrings, np.ndarray]:
+    """Class names, image paths relative to ``root`` and labels, read from a cached index when every folder read by
+    the scan that wrote it still has the same modification time (a folder's time changes when an entry is added,
+    removed or renamed in it), else by scanning and caching the result atomically (a cache that cannot be written
+    only costs a warning). A listing whose folders changed within ``FRESH_LISTING_SECONDS`` is not cached."""
+    cache = index_cache_path(root)
+    try:
+        with np.load(cache, allow_pickle=False) as data:
+            stored = {key: data[key] for key in data.files}
+        folders = PackedStrings(stored["folder_blob"], stored["folder_offsets"])
+        if str(stored["root"]) == os.path.realpath(root) and np.array_equal(_folder_times(root, folders),
+                                                                               stored["folder_times"]):
+            classes = PackedStrings(stored["class_blob"], stored["class_offsets"]).tolist()
+            return classes, PackedStrings(stored["path_blob"], stored["path_offsets"]), stored["labels"]
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        pass  # no cache, or a stale or unreadable one: scan
+    started = time.time_ns()
+    classes, path_list, label_list, folder_list = _walk_class_folders(root)
+    paths, labels, folders = PackedStrings.pack(path_list), np.array(label_list, dtype=np.int64), PackedStrings.pack(
+        folder_list)
+    times = _folder_times(root, folders)
+    if times is not None and times.max() < started - FRESH_LISTING_SECONDS * 1e9:
+        packed_classes = PackedStrings.pack(classes)
+        arrays = {
+            "root": np.array(os.path.realpath(root)), "labels": labels, "folder_times": times,
+            "path_blob": paths.blob, "path_offsets": paths.offsets,
+            "class_blob": packed_classes.blob, "class_offsets": packed_classes.offsets,
+            "folder_blob": folders.blob, "folder_offsets": folders.offsets,
+        }
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(cache, lambda handle: np.savez(handle, **arrays))
+        except OSError as err:
+            logger.warning("could not cache the index of %s at %s: %s", root, cache, err)
+    return classes, paths, labels
 
 
 def _resolve_split_root(dataroot: Path, split: str) -> Path:
@@ -127,29 +237,7 @@ def _resolve_split_root(dataroot: Path, split: str) -> Path:
     )
 
 
-def _scan_folders(root: Path) -> tuple[list[str], list[str], list[int]]:
-    """Sorted class names, then image paths and labels in class then path order."""
-    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
-    if not classes:
-        raise DatasetError(f"no class folders in '{root}' (a flat folder needs a list file: key 'list_file')")
-    paths: list[str] = []
-    labels: list[int] = []
-    empty: list[str] = []
-    for label, name in enumerate(classes):
-        found = []
-        for folder, dirs, files in os.walk(root / name, followlinks=True):
-            dirs.sort()
-            found += [os.path.join(folder, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
-        if not found:
-            empty.append(str(root / name))
-        paths += found
-        labels += [label] * len(found)
-    if empty:
-        raise DatasetError(f"{len(empty)} class folder(s) without images, e.g. '{empty[0]}'")
-    return classes, paths, labels
-
-
-def _read_list_file(list_file: Path, dataroot: Path) -> tuple[list[str], list[str], list[int]]:
+def _read_list_file(list_file: Path, dataroot: Path) -> tuple[list[str], PackedStrings, np.ndarray]:
     """Lines ``relative/path label`` (paths relative to dataroot); class i is named after the
     folder all its images share, else ``str(i)``."""
     if not list_file.is_file() and not list_file.is_absolute() and (dataroot / list_file).is_file():
@@ -167,53 +255,41 @@ def _read_list_file(list_file: Path, dataroot: Path) -> tuple[list[str], list[st
                 raise DatasetError(
                     f"'{list_file}' line {number}: expected '<relative path> <integer label>', got {line.strip()!r}"
                 )
-            paths.append(str(dataroot / parts[0]))
+            paths.append(parts[0])
             labels.append(int(parts[1]))
     if not paths:
         raise DatasetError(f"list file '{list_file}' lists no images")
     folders: dict[int, set[str]] = {}
     for path, label in zip(paths, labels, strict=True):
-        folders.setdefault(label, set()).add(Path(path).parent.name)
+        folders.setdefault(label, set()).add(os.path.basename(os.path.dirname(path)))
     classes = [next(iter(folders[i])) if len(folders.get(i, ())) == 1 else str(i) for i in range(max(labels) + 1)]
-    return classes, paths, labels
+    return classes, PackedStrings.pack(paths), np.array(labels, dtype=np.int64)
 
 
 class ImageFolderDataset(ImageDataset):
-    """ImageNet-style data: ``<root>/<class>/*.JPEG`` folders, or a PaddleClas/PASSL list file."""
+    """ImageNet-style data: ``<root>/<class>/*.JPEG`` folders, or a PaddleClas/PASSL list file.
 
-    def __init__(self, root: Path, paths: list[str], labels: list[int], classes: list[str],
+    ``relative_paths`` are relative to ``root`` (an absolute one is used as it is). Nothing is opened here: files
+    are checked when they are read (see the module docstring)."""
+
+    def __init__(self, root: Path, relative_paths: PackedStrings, labels: np.ndarray, classes: list[str],
                  policy: str = "skip", num_images: int = 0, seed: int = 0) -> None:
         self.root = root
         self.classes = classes
         self.policy = policy
         self.image_size = None
         self.bad_files = []
-        keep = subset_indices(len(paths), num_images, seed)
-        good: list[int] = []
-        for i in keep:
-            if _looks_like_image(paths[i]):
-                good.append(i)
-            elif policy == "strict":
-                raise DatasetError(f"not a readable image file (empty, missing or not an image): '{paths[i]}'")
-            else:
-                self.bad_files.append(paths[i])
-        if self.bad_files:
-            shown = ", ".join(self.bad_files[:_REPORT_LIMIT]) + (" ..." if len(self.bad_files) > _REPORT_LIMIT else "")
-            logger.warning("skipped %d unreadable or non-image file(s) under %s: %s", len(self.bad_files), root, shown)
-        if not good:
-            raise DatasetError(f"no readable images under '{root}'")
-        self.paths = [paths[i] for i in good]
-        self.labels = np.array([labels[i] for i in good], dtype=np.int64)
-        if num_images <= 0:
-            counts = np.bincount(self.labels, minlength=len(classes))
-            listed = np.bincount(np.array(labels, dtype=np.int64), minlength=len(classes))
-            lost = np.flatnonzero((counts == 0) & (listed > 0))
-            if len(lost):
-                raise DatasetError(f"class '{classes[lost[0]]}' under '{root}' has no readable images")
+        keep = subset_indices(len(relative_paths), num_images, seed)
+        self.relative_paths = relative_paths if len(keep) == len(relative_paths) else relative_paths.take(keep)
+        self.labels = np.asarray(labels, dtype=np.int64)[keep]
         self._failed: set[int] = set()
 
+    def path(self, index: int) -> str:
+        """Full path of image ``index``."""
+        return os.path.join(self.root, self.relative_paths[index])
+
     def _decode(self, index: int) -> np.ndarray | None:
-        path = self.paths[index]
+        path = self.path(index)
         try:
             with Image.open(path) as im:
                 return np.array(im.convert("RGB"))
@@ -229,16 +305,19 @@ class ImageFolderDataset(ImageDataset):
         return frozenset(self._failed)
 
     def image(self, index: int) -> np.ndarray:
-        """Decoded image; in skip mode an undecodable one is replaced by the next of its class."""
-        n = len(self.paths)
-        for step in range(n):
-            j = (index + step) % n
-            if self.labels[j] != self.labels[index] or j in self._failed:
-                continue
-            decoded = self._decode(j)
+        """Decoded image; in skip mode an unreadable one is replaced by the next readable one of its class
+        (cyclically, in index order)."""
+        if index not in self._failed:
+            decoded = self._decode(index)
             if decoded is not None:
                 return decoded
-        raise DatasetError(f"no decodable image left in class '{self.classes[self.labels[index]]}' under '{self.root}'")
+        same_class = np.flatnonzero(self.labels == self.labels[index])
+        for j in np.roll(same_class, -int(np.searchsorted(same_class, index))):
+            if int(j) not in self._failed:
+                decoded = self._decode(int(j))
+                if decoded is not None:
+                    return decoded
+        raise DatasetError(f"no readable image left in class '{self.classes[self.labels[index]]}' under '{self.root}'")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,7 +421,7 @@ def build_dataset(cfg: Mapping[str, Any], split: str) -> ImageDataset:
             classes, paths, labels = _read_list_file(Path(cfg["list_file"]), dataroot)
         else:
             root = _resolve_split_root(dataroot, split)
-            classes, paths, labels = _scan_folders(root)
+            classes, paths, labels = scan_folders(root)
         return ImageFolderDataset(root, paths, labels, classes, cfg["bad_files"], num_images, seed)
     raise DatasetError(f"key 'name' = {name!r} must be one of Synthetic, ImageNet, CIFAR10, CIFAR100")
 

@@ -65,8 +65,8 @@ class StepBatchSampler:
 
 
 def view_rng(seed: int, step: int, index: int, view: int) -> np.random.Generator:
-    """The generator behind view ``view`` (1 or 2) of one sample at one step: each view has its own, so a
-    variant that changes how many values one view draws (D2's per-tap sigmas) shifts no draw of the other."""
+    """The generator behind view ``view`` (1 or 2) of one sample at one step: each view has its own, so a variant
+    that changes how many values one view draws (D2 in docs/sources.md: per-tap sigmas) shifts no draw of the other."""
     return np.random.default_rng([seed, step, index, view])
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from byol_lib.optim import lr_at, tau_at
+from byol_lib.plan import lr_at, tau_at
 
 # JAX 300-epoch preset at batch 4096 (the JAX code's configs/byol.py): base 0.3 * 4096 / 256 = 4.8.
 PEAK, WARMUP, TOTAL = 4.8, 3127, 93835
