@@ -50,10 +50,11 @@ import paddle.nn.functional as F  # noqa: E402
 
 from byol_lib import fast  # noqa: E402
 from byol_lib.config import load_config  # noqa: E402
-from byol_lib.ema import update_target  # noqa: E402
+from byol_lib.data.augment import device_params_length  # noqa: E402
+from byol_lib.distributed import Context  # noqa: E402
 from byol_lib.model import build_model  # noqa: E402
-from byol_lib.plan import resolve  # noqa: E402
-from byol_lib.train import build_optimizer  # noqa: E402
+from byol_lib.plan import plan_for, resolve  # noqa: E402
+from byol_lib.train import Learner, build_optimizer, train_step  # noqa: E402
 
 NAMES = ("naive", "project", "fast")
 
@@ -131,21 +132,20 @@ def naive_step(width: int, views: list[paddle.Tensor], labels: paddle.Tensor) ->
 
 def project_step(args: argparse.Namespace, views: list[paddle.Tensor], labels: paddle.Tensor,
                  kernels: str) -> Callable[[], float]:
-    """The project's step (model, LARS, EMA) with the given CPU kernels."""
+    """The loop's own ``train_step`` (device stage with every augmentation off, model, LARS, EMA) with the given
+    CPU kernels."""
     cfg = load_config(None, ["dataloader.train.dataset.name=Synthetic", f"model.backbone.depth={args.depth}",
                              f"model.backbone.width={args.width}", f"model.backbone.stem={args.stem}",
-                             f"cpu_kernels={kernels}"])
-    cfg = resolve(cfg, 1, 50000, 10)
-    model = build_model(cfg)
-    optimizer = build_optimizer(model, cfg)
+                             f"cpu_kernels={kernels}", f"augmentation.image_size={args.size}"])
+    plan = plan_for(cfg, 1, 50000, 10)
+    model = build_model(resolve(cfg, 1, 50000, 10))
+    learner = Learner(model, build_optimizer(model, cfg), plan, cfg["augmentation"], Context(0, 1, "cpu"))
+    off = paddle.zeros([views[0].shape[0], device_params_length(cfg["augmentation"])])
+    batch = (views[0], off, views[1], off, labels)
+    steps = iter(range(plan.warmup_steps, plan.total_steps))  # past the warm-up: the lr is not 0
 
     def step() -> float:
-        out = model(views[0], views[1], labels)
-        out["loss"].backward()
-        optimizer.step(0.1)
-        optimizer.clear_grad()
-        update_target(model.online, model.target, 0.99)
-        return float(out["loss"])
+        return train_step(learner, next(steps), batch)["loss"]
 
     return step
 
@@ -190,7 +190,7 @@ def main() -> None:
     runtime.set_threads(args.threads)
 
     paddle.seed(0)
-    views = [paddle.randn([args.batch, 3, args.size, args.size]) for _ in range(2)]
+    views = [paddle.rand([args.batch, 3, args.size, args.size]) for _ in range(2)]
     labels = paddle.randint(0, 10, [args.batch])
     names = [args.only] if args.only else list(NAMES)
     if "naive" in names and (args.depth, args.stem) != (18, "cifar"):

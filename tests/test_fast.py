@@ -15,11 +15,12 @@ import pytest
 
 from byol_lib import fast, runtime
 from byol_lib.config import ConfigError, load_config
-from byol_lib.ema import update_target
+from byol_lib.data.augment import device_params_length
+from byol_lib.distributed import Context
 from byol_lib.model import ResNet, build_model, spatial_pads
-from byol_lib.plan import resolve
+from byol_lib.plan import plan_for, resolve
 from byol_lib.results import read_metrics
-from byol_lib.train import build_optimizer, pretrain
+from byol_lib.train import Learner, build_optimizer, pretrain, train_step
 from tests.conftest import TINY_CONFIG
 
 
@@ -141,26 +142,23 @@ def test_auto_uses_blas_on_one_thread_or_for_large_cpu_batches() -> None:
 
 
 def _train(kernels: str, steps: int) -> tuple[list[float], dict[str, np.ndarray]]:
-    """``steps`` project training steps (model, LARS, EMA) on one fixed batch, from seed-0 weights."""
+    """``steps`` calls of the loop's ``train_step`` (device stage, model, LARS, EMA) on one fixed batch whose device
+    augmentations are all off, from seed-0 weights; lr from the plan (0.2, no warm-up, cosine over the steps)."""
     cfg = load_config(None, ["dataloader.train.dataset.name=Synthetic", "model.backbone.depth=18",
                              "model.backbone.width=8", "model.backbone.stem=cifar", "model.neck.hid_channels=64",
                              "model.neck.out_channels=16", "model.predictor.hid_channels=64",
-                             "model.predictor.out_channels=16", f"cpu_kernels={kernels}"])
-    cfg = resolve(cfg, 1, 1000, 10)
+                             "model.predictor.out_channels=16", f"cpu_kernels={kernels}", "augmentation.image_size=16",
+                             "dataloader.train.sampler.batch_size=16", "lr_scheduler.warmup_epochs=0",
+                             "lr_scheduler.learning_rate=0.2", "epochs=1"])
+    plan = plan_for(cfg, 1, 16 * steps, 10)
     paddle.seed(0)
-    model = build_model(cfg)
-    optimizer = build_optimizer(model, cfg)
+    model = build_model(resolve(cfg, 1, 16 * steps, 10))
+    learner = Learner(model, build_optimizer(model, cfg), plan, cfg["augmentation"], Context(0, 1, "cpu"))
     rng = np.random.default_rng(0)
-    views = [paddle.to_tensor(rng.standard_normal((16, 3, 16, 16)).astype(np.float32)) for _ in range(2)]
-    labels = paddle.to_tensor(rng.integers(0, 10, 16))
-    losses = []
-    for step in range(steps):
-        out = model(views[0], views[1], labels)
-        out["loss"].backward()
-        optimizer.step(0.2 * (step + 1))
-        optimizer.clear_grad()
-        update_target(model.online, model.target, 0.99)
-        losses.append(float(out["loss"]))
+    views = [paddle.to_tensor(rng.random((16, 3, 16, 16), dtype=np.float32)) for _ in range(2)]
+    off = paddle.zeros([16, device_params_length(cfg["augmentation"])])
+    batch = (views[0], off, views[1], off, paddle.to_tensor(rng.integers(0, 10, 16)))
+    losses = [train_step(learner, step, batch)["loss"] for step in range(steps)]
     return losses, {k: v.numpy() for k, v in model.state_dict().items()}
 
 
