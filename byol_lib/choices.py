@@ -37,6 +37,8 @@ DEFAULT_SEEDS = (0,)  # one run per step; README: "--seeds 0 1 2 for several see
 DEFAULT_MAX_SEEDS = 8  # adaptive waves stop at this many seeds per variant, failed runs included
 RANDOM_WEIGHTS = "random"  # --pretrained random: linear evaluation of the random-init baseline
 RESULTS_DIR = "results"  # where run folders land
+DEVICES = ("auto", "cpu", "gpu")  # the config key device and --device
+LAUNCH_LOG_DIR = "log"  # where paddle.distributed.launch writes its workers' logs
 STUDY_NAME = "ablation"  # run-name prefix of an ablation batch: <study>-<variant>-pretrain-s<seed>
 REPORT_HTML = "reports/report.html"
 

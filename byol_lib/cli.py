@@ -58,7 +58,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, pretrain: bool, lin
     parser.add_argument("-c", "--config-file", required=True, help="YAML config (PASSL key schema)")
     parser.add_argument("-o", "--override", action="append", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. -o lr_scheduler.base_lr=0.2 (YAML literal)")
-    device = parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default=None,
+    device = parser.add_argument("--device", choices=choices.DEVICES, default=None,
                                  help="training device (default: the config's 'device', auto)")
     if passl:
         parser.add_argument("--no-cuda", action="store_true", help="PASSL's flag: same as --device cpu")
@@ -96,7 +96,7 @@ def add_launch_arguments(parser: argparse.ArgumentParser, *, multi_node: bool) -
     if multi_node:
         group.add_argument("--nnodes", type=int, default=1, help="number of nodes")
         group.add_argument("--master", default=None, help="rendezvous host:port for multi-node jobs")
-        log_dir = group.add_argument("--log-dir", default="log", help="the workers' log folder")
+        log_dir = group.add_argument("--log-dir", default=choices.LAUNCH_LOG_DIR, help="the workers' log folder")
         deprecate(group, "--log_dir", log_dir)
 
 

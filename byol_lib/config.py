@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from byol_lib import amp
+from byol_lib.choices import DEVICES, RESULTS_DIR
 from byol_lib.data.augment import AUGMENT_DEFAULTS, validate_augment
 from byol_lib.data.passl_transforms import TransformListError, augmentation_from_passl
 
@@ -54,7 +55,7 @@ def _dataset_defaults(dataroot: str, num_workers: int, batch_size: int, drop_las
     }
 
 
-_RUN_DEFAULTS: Config = {"seed": 0, "device": "auto", "cpu_kernels": "auto", "output_dir": "results", "run_id": "",
+_RUN_DEFAULTS: Config = {"seed": 0, "device": "auto", "cpu_kernels": "auto", "output_dir": RESULTS_DIR, "run_id": "",
                          "global_batch_size": None}
 _BACKBONE_DEFAULTS: Config = {"name": "ResNet", "depth": 50, "stem": "imagenet", "width": 64, "with_pool": True,
                               "num_classes": 0, "zero_init_residual": False, "padding": "same"}
@@ -206,7 +207,7 @@ _HOOKS_CHECK: _Check = (
 _MODEL_CHOICES = {"model.backbone.name": ("ResNet",), "model.backbone.depth": (18, 34, 50),
                   "model.backbone.stem": ("imagenet", "cifar"), "model.backbone.padding": ("same", "symmetric"),
                   "model.backbone.with_pool": (True,),
-                  "model.backbone.num_classes": (0,), "device": ("auto", "cpu", "gpu"),
+                  "model.backbone.num_classes": (0,), "device": DEVICES,
                   "cpu_kernels": ("auto", "blas", "paddle")}
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from byol_lib import runtime
+from byol_lib.choices import LAUNCH_LOG_DIR
 
 _LAUNCH_NOISE = ("LAUNCH INFO", "Modified FLAGS detected", "FLAGS(name=", "=======================")
 _LAUNCH_NOISE_ANYWHERE = ("HTTP Request:",)
@@ -20,7 +21,7 @@ _LAUNCH_NOISE_ANYWHERE = ("HTTP Request:",)
 
 def launch_command(script: str | Path, script_args: Sequence[str], *, nproc_per_node: int | None = None,
                    devices: str | None = None, nnodes: int = 1, master: str | None = None,
-                   node_rank: int | None = None, log_dir: str | Path = "log") -> list[str]:
+                   node_rank: int | None = None, log_dir: str | Path = LAUNCH_LOG_DIR) -> list[str]:
     """The ``python -m paddle.distributed.launch`` command line for a job."""
     cmd = [sys.executable, "-m", "paddle.distributed.launch", "--log_dir", str(log_dir), "--max_restart", "0"]
     if devices:
@@ -79,7 +80,7 @@ def run_launch(cmd: Sequence[str], log_dir: str | Path, *, stream: bool = True, 
 
 
 def launch_cli(cli_args: Sequence[str], *, nproc_per_node: int | None = None, devices: str | None = None,
-               nnodes: int = 1, master: str | None = None, log_dir: str | Path = "log",
+               nnodes: int = 1, master: str | None = None, log_dir: str | Path = LAUNCH_LOG_DIR,
                stream: bool = True) -> LaunchResult:
     """Run ``byol <cli_args>`` in every worker of a ``paddle.distributed.launch`` job."""
     script = Path(__file__).resolve().parent / "cli.py"
