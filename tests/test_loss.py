@@ -35,3 +35,17 @@ def test_byol_loss_range_is_zero_to_eight() -> None:
     assert np.isclose(float(byol_loss(-z, -z, z, z)), 8.0)  # anti-aligned in both directions
     rand = [paddle.randn([64, 8], dtype="float64") for _ in range(4)]
     assert 0.0 <= float(byol_loss(*rand)) <= 8.0
+
+
+def test_byol_loss_runs_in_float32_for_low_precision_heads() -> None:
+    """Mixed precision: bfloat16 / float16 head outputs are cast up before the loss, which equals the float64 loss of
+    the same (rounded) values to float32 precision."""
+    rng = np.random.default_rng(3)
+    parts = [rng.standard_normal((6, 5)) * 300.0 for _ in range(4)]  # squares beyond float16's range
+    for dtype in ("bfloat16", "float16"):
+        low = [paddle.to_tensor(x, dtype="float32").astype(dtype) for x in parts]
+        rounded = [t.astype("float32").numpy().astype(np.float64) for t in low]
+        loss = byol_loss(*low)
+        assert loss.dtype == paddle.float32
+        expected = np.mean((2 - 2 * _cos(rounded[0], rounded[3])) + (2 - 2 * _cos(rounded[1], rounded[2])))
+        np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
