@@ -26,6 +26,8 @@ from byol_lib import amp
 from byol_lib.choices import DEVICES, RESULTS_DIR
 from byol_lib.data.augment import AUGMENT_DEFAULTS, validate_augment
 from byol_lib.data.passl_transforms import TransformListError, augmentation_from_passl
+from byol_lib.fast import KERNELS
+from byol_lib.model import PADDINGS
 
 Config = dict[str, Any]
 
@@ -205,10 +207,10 @@ _HOOKS_CHECK: _Check = (
     "may only list PASSL's BYOLHook / EvaluateHook (the EMA update and the evaluation always run here)")
 
 _MODEL_CHOICES = {"model.backbone.name": ("ResNet",), "model.backbone.depth": (18, 34, 50),
-                  "model.backbone.stem": ("imagenet", "cifar"), "model.backbone.padding": ("same", "symmetric"),
+                  "model.backbone.stem": ("imagenet", "cifar"), "model.backbone.padding": PADDINGS,
                   "model.backbone.with_pool": (True,),
                   "model.backbone.num_classes": (0,), "device": DEVICES,
-                  "cpu_kernels": ("auto", "blas", "paddle")}
+                  "cpu_kernels": KERNELS}
 
 
 @dataclass(frozen=True)

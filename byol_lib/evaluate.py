@@ -177,7 +177,7 @@ def _feature_batches(backbone: paddle.nn.Layer, images: ImageDataset, aug: Mappi
         for index in trouble.numpy().reshape(-1):
             if index >= 0:
                 images.image(int(index))  # strict mode: raises the one-line error naming the file
-        with paddle.no_grad():  # not around the yield: the consumer may need gradients
+        with paddle.no_grad():  # not around the yield: no-grad mode would hold in the consumer meanwhile
             y = backbone(normalize(x, aug))
         yield y, labels
 

@@ -26,7 +26,7 @@ from byol_lib.data.datasets import build_dataset
 from byol_lib.evaluate import Features, LinearEvalSettings, compute_features, evaluate_head, linear_eval
 from byol_lib.export import ExportError, extract_online_encoder, load_any_checkpoint, save_weights
 from byol_lib.knn import knn_predict
-from byol_lib.model import ResNet
+from byol_lib.model import ResNet, encoder_from_config
 
 KIND = "linear"
 IMAGENET_TRAIN, IMAGENET_HOLDOUT = 1281167, 10009
@@ -36,9 +36,7 @@ RANDOM_INIT_PREFIX = "random_init_"  # the same predictions of the random-init b
 
 
 def build_backbone(cfg: Config) -> ResNet:
-    backbone = cfg["model"]["backbone"]
-    return ResNet(backbone["depth"], backbone["stem"], backbone["width"], backbone["zero_init_residual"],
-                  backbone["padding"], cfg["cpu_kernels"])
+    return encoder_from_config(cfg["model"]["backbone"], cfg["cpu_kernels"])
 
 
 def _load_strict(backbone: ResNet, state: Mapping[str, np.ndarray], source: str) -> None:

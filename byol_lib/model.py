@@ -38,10 +38,8 @@ from byol_lib.ema import copy_parameters, weights
 from byol_lib.loss import byol_loss, l2_normalize
 
 BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
-_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
-BLOCKS_PER_STAGE = _BLOCKS  # by depth, public: export.py names PaddleClas tensors from it
+BLOCKS_PER_STAGE = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}  # by depth; export.py names tensors from it
 PADDINGS = ("same", "symmetric")
-Pads = tuple[int, int, int, int]  # top, bottom, left, right
 
 
 def haiku_init(fan_in: int) -> nn.initializer.Initializer:
@@ -56,7 +54,7 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def spatial_pads(height: int, width: int, kernel: int, stride: int, padding: str) -> Pads:
+def spatial_pads(height: int, width: int, kernel: int, stride: int, padding: str) -> fast.Pads:
     """(top, bottom, left, right) of a ``kernel`` x ``kernel`` window at ``stride`` under the padding rule."""
     if padding == "symmetric":
         return (kernel // 2,) * 4
@@ -71,7 +69,7 @@ class Conv2D(nn.Conv2D):
                          weight_attr=paddle.ParamAttr(initializer=haiku_init(cin * kernel * kernel)))
         self.padding_rule = padding
 
-    def pads(self, height: int, width: int) -> Pads:
+    def pads(self, height: int, width: int) -> fast.Pads:
         return spatial_pads(height, width, self._kernel_size[0], self._stride[0], self.padding_rule)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
@@ -201,7 +199,7 @@ class ResNet(nn.Layer):
             self.maxpool = nn.Identity()
         self.bn1 = batch_norm(width)
         cin = width
-        for stage, blocks in enumerate(_BLOCKS[depth]):
+        for stage, blocks in enumerate(BLOCKS_PER_STAGE[depth]):
             layers = []
             for b in range(blocks):
                 stride = 2 if (stage > 0 and b == 0) else 1
@@ -297,13 +295,18 @@ class BYOL(nn.Layer):
                 "online_accuracy": accuracy, "z_std": z_std}
 
 
+def encoder_from_config(backbone: dict[str, Any], cpu_kernels: str = "auto") -> ResNet:
+    """The ResNet of a config's ``model.backbone`` section."""
+    return ResNet(backbone["depth"], backbone["stem"], backbone["width"], backbone["zero_init_residual"],
+                  backbone["padding"], cpu_kernels)
+
+
 def byol_from_config(model_cfg: dict[str, Any], num_classes: int, cpu_kernels: str = "auto") -> BYOL:
     """The BYOL network of a config's ``model`` section (parameters drawn online, target, predictor, classifier)."""
-    backbone, neck, pred = model_cfg["backbone"], model_cfg["neck"], model_cfg["predictor"]
+    neck, pred = model_cfg["neck"], model_cfg["predictor"]
 
     def tower() -> Tower:
-        encoder = ResNet(backbone["depth"], backbone["stem"], backbone["width"], backbone["zero_init_residual"],
-                         backbone["padding"], cpu_kernels)
+        encoder = encoder_from_config(model_cfg["backbone"], cpu_kernels)
         return Tower(encoder, neck["hid_channels"], neck["out_channels"], neck["last_bias"])
 
     online, target = tower(), tower()

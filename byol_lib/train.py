@@ -77,10 +77,10 @@ def all_finite(model: nn.Layer) -> bool:
         return all(bool(paddle.isfinite(p).all()) for p in model.parameters())
 
 
-def checkpoint_every(cfg: Config) -> int:
-    ckpt = cfg["checkpoint"]
+def checkpoint_every(ckpt: Config, plan: Plan) -> int:
+    """Steps between checkpoints of the config's ``checkpoint`` section."""
     if ckpt["by_epoch"]:
-        return max(1, round(ckpt["interval"] * cfg["derived"]["steps_per_epoch"]))
+        return max(1, round(ckpt["interval"] * plan.steps_per_epoch))
     return ckpt["interval"]
 
 
@@ -308,7 +308,7 @@ def _loop(run: _Run, loader: Iterable[Sequence[paddle.Tensor]], verbose: bool) -
     writes checkpoints; stops on a non-finite loss or weights."""
     cfg, plan, learner = run.cfg, run.plan, run.learner
     ctx, model = learner.ctx, learner.model
-    every_ckpt, every_log = checkpoint_every(cfg), cfg["log_config"]["interval"]
+    every_ckpt, every_log = checkpoint_every(cfg["checkpoint"], plan), cfg["log_config"]["interval"]
     every_knn, monitor = run.knn_every, run.knn_monitor
     metrics = results.MetricsLog(run.folder / "metrics.jsonl", run.start_step) if ctx.is_main else None
     progress = Progress(plan.total_steps, run.start_step, every_log, verbose and ctx.is_main)
