@@ -10,10 +10,8 @@ so that a busy machine slows all of them alike:
   out-of-place ops (``set_value``), Paddle's NCHW kernels.
 * ``project``: the project's step (no-grad target forward, in-place LARS and EMA) with Paddle's kernels
   (``cpu_kernels: paddle``).
-* ``fast``: the same step with the default CPU kernels (``cpu_kernels: auto``: on one thread, or from
-  width 16 at batch 128 / 32 px, ``byol_lib.fast``'s CNHW convolutions through numpy's BLAS; otherwise
-  Paddle's, so ``fast`` equals ``project``). Faithful: tests/test_fast.py checks loss and weights against
-  ``project``.
+* ``fast``: the same step with the default CPU kernels (``cpu_kernels: auto``: ``byol_lib.fast``'s NHWC
+  convolutions through oneDNN). Faithful: tests/test_fast.py checks loss and weights against ``project``.
 
 All three do the same work: online and target forward on both views, symmetric loss plus the online
 classifier, backward, LARS (JAX formula), EMA. Prints images/s, ratios to ``naive``, thread counts and
@@ -177,7 +175,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--stem", default="cifar", choices=("cifar", "imagenet"))
     parser.add_argument("--threads", type=int, default=THREADS,
-                        help="Paddle and numpy-BLAS threads (default: the project's choice, %(default)s here; "
+                        help="Paddle and oneDNN threads (default: the project's choice, %(default)s here; "
                              "CPU pretraining uses one less per loader worker)")
     parser.add_argument("--only", choices=NAMES, help="run one step kind alone (its own peak RSS)")
     parser.add_argument("--torch", type=float, metavar="IMAGES_PER_S",
@@ -216,8 +214,8 @@ def main() -> None:
 
     print(f"BYOL step, ResNet-{args.depth} width {args.width} ({args.stem} stem), {args.size}x{args.size}, "
           f"batch {args.batch}, paddle {paddle.__version__}, {runtime.threads()} threads (Paddle/MKL), "
-          f"{runtime.blas_threads()} threads (numpy BLAS); medians of {args.steps} interleaved steps; fast = "
-          f"{'numpy-BLAS' if fast.use_blas(views[0], args.width, 'auto') else 'Paddle'} convolutions")
+          f"medians of {args.steps} interleaved steps; fast = "
+          f"{'oneDNN' if fast.use_onednn(views[0], 'auto') else 'Paddle'} convolutions")
     rates = {name: args.batch / statistics.median(t) for name, t in times.items()}
     per_cpu = {name: args.batch / statistics.median(t) for name, t in cpu_times.items()}
     if torch_rates:

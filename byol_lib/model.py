@@ -17,11 +17,10 @@ rest after, so a stride-2 3x3 on an even input pads 0 before and 1 after; ``symm
 every side as paddle.vision's ResNet in PASSL (D13). The two differ only on strided layers with an even
 input (stride-1 and 1x1 layers pad alike).
 
-On the CPU (float32 batches, when ``byol_lib.fast.use_blas`` says so for the encoder's ``cpu_kernels``, the
-config key given at construction) the encoder runs in CNHW layout
-(channels first, then the batch): convolutions through numpy's BLAS, BatchNorm on the ``[1, C, N*H, W]``
-view, max-pool per plane; same weights, same arithmetic up to float32 summation order. Elsewhere (GPU,
-small CPU batches on several threads, or the config key ``cpu_kernels: paddle``) it is Paddle's NCHW layers as usual.
+On the CPU (float32 batches, unless the config key ``cpu_kernels`` given at construction is ``paddle``;
+``byol_lib.fast.use_onednn``) the encoder runs channels-last (NHWC): convolutions through oneDNN, BatchNorm
+and the max-pool in Paddle's NHWC kernels; same weights, same arithmetic up to float32 summation order.
+Elsewhere (GPU, or ``cpu_kernels: paddle``) it is Paddle's NCHW layers as usual.
 """
 
 from __future__ import annotations
@@ -83,8 +82,10 @@ class MaxPool(nn.Layer):
         super().__init__()
         self.padding_rule = padding
 
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return F.max_pool2d(x, 3, 2, padding=list(spatial_pads(*x.shape[2:], 3, 2, self.padding_rule)))
+    def forward(self, x: paddle.Tensor, nhwc: bool = False) -> paddle.Tensor:
+        height, width = x.shape[1:3] if nhwc else x.shape[2:]
+        return F.max_pool2d(x, 3, 2, padding=list(spatial_pads(height, width, 3, 2, self.padding_rule)),
+                            data_format="NHWC" if nhwc else "NCHW")
 
 
 def batch_norm(channels: int, zero_scale: bool = False) -> nn.BatchNorm2D:
@@ -94,38 +95,27 @@ def batch_norm(channels: int, zero_scale: bool = False) -> nn.BatchNorm2D:
 
 
 def _conv(layer: Conv2D, x: paddle.Tensor, views: int) -> paddle.Tensor:
-    """``layer(x)`` (``views`` 0: NCHW), or the same convolution of a CNHW ``x`` through the numpy-BLAS kernel."""
+    """``layer(x)`` (``views`` 0: NCHW), or the same convolution of an NHWC ``x`` through oneDNN."""
     if not views:
         return layer(x)
-    return fast.conv2d_cnhw(x, layer.weight, layer._stride[0], layer.pads(*x.shape[2:]))
+    return fast.conv2d_nhwc(x, layer.weight, layer._stride[0], layer.pads(*x.shape[1:3]))
 
 
 def _bn(layer: nn.BatchNorm2D, x: paddle.Tensor, views: int) -> paddle.Tensor:
-    """``layer(x)`` (``views`` 0: NCHW), or the same train/eval-mode BatchNorm of a CNHW ``x`` made of ``views``
-    equal batches (statistics over N, H, W of each view; in training the running statistics move once per view,
-    in view order, exactly as if the views had run one after another)."""
+    """``layer(x)`` (``views`` 0: NCHW), or the same train/eval-mode BatchNorm of an NHWC ``x`` made of ``views``
+    equal batches: in training each view is normalised with its own statistics and moves the running ones, in
+    view order, exactly as if the views had run one after another."""
     if not views:
         return layer(x)
-    c, n, h, w = x.shape
+
+    def normalize(part: paddle.Tensor) -> paddle.Tensor:
+        return F.batch_norm(part, layer._mean, layer._variance, weight=layer.weight, bias=layer.bias,
+                            training=layer.training, momentum=layer._momentum, epsilon=layer._epsilon,
+                            data_format="NHWC", use_global_stats=layer._use_global_stats)
+
     if views == 1 or not layer.training or layer._use_global_stats:  # global statistics: views are irrelevant
-        out = F.batch_norm(x.reshape([1, c, n * h, w]), layer._mean, layer._variance, weight=layer.weight,
-                           bias=layer.bias, training=layer.training, momentum=layer._momentum,
-                           epsilon=layer._epsilon, use_global_stats=layer._use_global_stats)
-        return out.reshape([c, n, h, w])
-    # [C, V*N, H, W] is [C*V, N*H*W] in memory: channel-major, then view; one BatchNorm over C*V channels
-    momentum = layer._momentum
-    moved_mean, moved_var = layer._mean.repeat_interleave(views), layer._variance.repeat_interleave(views)
-    out = F.batch_norm(x.reshape([1, c * views, n // views * h, w]), moved_mean, moved_var,
-                       weight=layer.weight.repeat_interleave(views), bias=layer.bias.repeat_interleave(views),
-                       training=True, momentum=momentum, epsilon=layer._epsilon)
-    with paddle.no_grad():  # moved_v = m r0 + (1 - m) s_v; in sequence r_v = m r_(v-1) + (1 - m) s_v
-        for running, moved in ((layer._mean, moved_mean), (layer._variance, moved_var)):
-            steps = moved.reshape([c, views]) - momentum * running.unsqueeze(1)
-            value = running
-            for v in range(views):
-                value = momentum * value + steps[:, v]
-            paddle.assign(value, running)
-    return out.reshape([c, n, h, w])
+        return normalize(x)
+    return paddle.concat([normalize(part) for part in paddle.split(x, views)])
 
 
 def linear(cin: int, cout: int, bias: bool = True) -> nn.Linear:
@@ -189,14 +179,14 @@ class ResNet(nn.Layer):
     def __init__(self, depth: int = 50, stem: str = "imagenet", width: int = 64,
                  zero_init_residual: bool = False, padding: str = "same", cpu_kernels: str = "auto") -> None:
         super().__init__()
-        self.cpu_kernels = fast.check_kernels(cpu_kernels)  # see byol_lib.fast: auto, blas or paddle
+        self.cpu_kernels = fast.check_kernels(cpu_kernels)  # see byol_lib.fast: auto, onednn or paddle
         block = Bottleneck if depth == 50 else BasicBlock
         if stem == "imagenet":
             self.conv1 = Conv2D(3, width, 7, 2, padding)
-            self.maxpool: nn.Layer = MaxPool(padding)
+            self.maxpool: MaxPool | None = MaxPool(padding)
         else:  # CIFAR stem: 3x3 stride 1, no max-pool
             self.conv1 = Conv2D(3, width, 3, 1, padding)
-            self.maxpool = nn.Identity()
+            self.maxpool = None
         self.bn1 = batch_norm(width)
         cin = width
         for stage, blocks in enumerate(BLOCKS_PER_STAGE[depth]):
@@ -212,17 +202,19 @@ class ResNet(nn.Layer):
         """Representations ``[views*N, channels]`` of ``x``, ``views`` equal batches one after another along the
         batch axis, each normalised with its own BatchNorm statistics (as separate calls would; on the CNHW
         path one pass over all of them, else one call per view)."""
-        if not fast.use_blas(x, self.conv1.weight.shape[0], self.cpu_kernels):
+        if not fast.use_onednn(x, self.cpu_kernels):
             return paddle.concat([self._forward(part, 0) for part in paddle.split(x, views)]) if views > 1 \
                 else self._forward(x, 0)
-        return self._forward(x.transpose([1, 0, 2, 3]), views)  # a CNHW tensor is a valid NCHW max-pool input
+        return self._forward(x.transpose([0, 2, 3, 1]), views)
 
     def _forward(self, x: paddle.Tensor, views: int) -> paddle.Tensor:
-        x = self.maxpool(F.relu(_bn(self.bn1, _conv(self.conv1, x, views), views)))
+        x = F.relu(_bn(self.bn1, _conv(self.conv1, x, views), views))
+        if self.maxpool is not None:
+            x = self.maxpool(x, nhwc=bool(views))
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             for block in stage:
                 x = block(x, views)
-        return x.mean(axis=[2, 3]).t() if views else x.mean(axis=[2, 3])
+        return x.mean(axis=[1, 2]) if views else x.mean(axis=[2, 3])
 
 
 class MLP(nn.Layer):
