@@ -17,7 +17,9 @@ name of the numpy-BLAS kernels these replaced, is read as ``onednn``. GPU tensor
 
 from __future__ import annotations
 
+import numpy as np
 import paddle
+import paddle.nn as nn
 from paddle.autograd import PyLayer, PyLayerContext
 
 from byol_lib import onednn
@@ -67,14 +69,13 @@ class _Conv2D(PyLayer):
     @staticmethod
     def forward(ctx: PyLayerContext, x: paddle.Tensor, weight: paddle.Tensor, stride: int,
                 pads: Pads) -> paddle.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.geometry = (stride, pads, not x.stop_gradient)
-        return _forward(x, weight, stride, pads)
+        ctx.saved = (x, weight, stride, pads, not x.stop_gradient)  # released in backward (save_for_backward's
+        return _forward(x, weight, stride, pads)  # tensors live as long as the whole graph)
 
     @staticmethod
     def backward(ctx: PyLayerContext, dy: paddle.Tensor) -> tuple[paddle.Tensor | None, paddle.Tensor]:
-        x, weight = ctx.saved_tensor()
-        stride, pads, needs_dx = ctx.geometry
+        x, weight, stride, pads, needs_dx = ctx.saved
+        ctx.saved = None
         dy = dy.contiguous()
         convolution = onednn.convolution(_shape(x, weight, stride, pads))
         dw = paddle.empty(weight.shape, dtype=paddle.float32)
@@ -93,3 +94,62 @@ def conv2d_nhwc(x: paddle.Tensor, weight: paddle.Tensor, stride: int, pads: Pads
     if not paddle.is_grad_enabled() or (x.stop_gradient and weight.stop_gradient):
         return _forward(x, weight, stride, pads)
     return _Conv2D.apply(x, weight, stride, pads)
+
+
+def _normalize(x: paddle.Tensor, layer: nn.BatchNorm2D, views: int,
+               relu: bool) -> tuple[paddle.Tensor, np.ndarray, list[np.ndarray | None]]:
+    """Training-mode BatchNorm (+ ReLU) of each of ``views`` equal NHWC batches of ``x``, running statistics moved
+    once per view in view order; the output, the batch statistics ``[mean/variance, view, C]``, the ReLU masks."""
+    n, h, w, c = x.shape
+    norm = onednn.batch_norm(onednn.NormShape(n // views, c, h, w, layer._epsilon, relu))
+    out = paddle.empty(x.shape, dtype=paddle.float32)
+    stats = np.empty((2, views, c), dtype=np.float32)
+    masks = [norm.workspace() for _ in range(views)]
+    step = n // views * h * w * c * 4  # bytes per view
+    for v in range(views):
+        norm.forward(x.data_ptr() + v * step, out.data_ptr() + v * step, layer.weight.data_ptr(),
+                     layer.bias.data_ptr(), stats[0, v].ctypes.data, stats[1, v].ctypes.data, masks[v])
+    momentum = np.float32(layer._momentum)
+    for running, batch in ((layer._mean, stats[0]), (layer._variance, stats[1])):
+        value = running.numpy()
+        for view_statistic in batch:  # as separate calls, one after another
+            value = momentum * value + (np.float32(1.0) - momentum) * view_statistic
+        running.set_value(value)
+    return out, stats, masks
+
+
+class _BatchNorm(PyLayer):
+    """Autograd wrapper of oneDNN's training-mode BatchNorm (+ ReLU) over views (NHWC)."""
+
+    @staticmethod
+    def forward(ctx: PyLayerContext, x: paddle.Tensor, scale: paddle.Tensor, shift: paddle.Tensor,
+                layer: nn.BatchNorm2D, views: int, relu: bool) -> paddle.Tensor:
+        out, stats, masks = _normalize(x, layer, views, relu)
+        ctx.saved = (x, scale, stats, masks, views, relu, layer._epsilon)  # released in backward, as above
+        return out
+
+    @staticmethod
+    def backward(ctx: PyLayerContext, dy: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor]:
+        x, scale, stats, masks, views, relu, epsilon = ctx.saved
+        ctx.saved = None
+        dy = dy.contiguous()
+        n, h, w, c = x.shape
+        norm = onednn.batch_norm(onednn.NormShape(n // views, c, h, w, epsilon, relu))
+        dx = paddle.empty(x.shape, dtype=paddle.float32)
+        dparams = np.empty((2, views, c), dtype=np.float32)
+        step = n // views * h * w * c * 4
+        for v in range(views):
+            norm.backward(x.data_ptr() + v * step, dy.data_ptr() + v * step, scale.data_ptr(),
+                          stats[0, v].ctypes.data, stats[1, v].ctypes.data, masks[v], dx.data_ptr() + v * step,
+                          dparams[0, v].ctypes.data, dparams[1, v].ctypes.data)
+        dscale, dshift = dparams.sum(axis=1)  # the parameters serve every view: their gradients add up
+        return dx, paddle.to_tensor(dscale), paddle.to_tensor(dshift)
+
+
+def batch_norm_nhwc(x: paddle.Tensor, layer: nn.BatchNorm2D, views: int, relu: bool) -> paddle.Tensor:
+    """``layer``'s training-mode BatchNorm of an NHWC ``x`` made of ``views`` equal batches, each normalised with
+    its own statistics (as separate calls), followed by a ReLU when ``relu``."""
+    x = x.contiguous()
+    if not paddle.is_grad_enabled() or (x.stop_gradient and layer.weight.stop_gradient):
+        return _normalize(x, layer, views, relu)[0]
+    return _BatchNorm.apply(x, layer.weight, layer.bias, layer, views, relu)

@@ -101,21 +101,19 @@ def _conv(layer: Conv2D, x: paddle.Tensor, views: int) -> paddle.Tensor:
     return fast.conv2d_nhwc(x, layer.weight, layer._stride[0], layer.pads(*x.shape[1:3]))
 
 
-def _bn(layer: nn.BatchNorm2D, x: paddle.Tensor, views: int) -> paddle.Tensor:
+def _bn(layer: nn.BatchNorm2D, x: paddle.Tensor, views: int, relu: bool = False) -> paddle.Tensor:
     """``layer(x)`` (``views`` 0: NCHW), or the same train/eval-mode BatchNorm of an NHWC ``x`` made of ``views``
     equal batches: in training each view is normalised with its own statistics and moves the running ones, in
-    view order, exactly as if the views had run one after another."""
-    if not views:
-        return layer(x)
-
-    def normalize(part: paddle.Tensor) -> paddle.Tensor:
-        return F.batch_norm(part, layer._mean, layer._variance, weight=layer.weight, bias=layer.bias,
-                            training=layer.training, momentum=layer._momentum, epsilon=layer._epsilon,
-                            data_format="NHWC", use_global_stats=layer._use_global_stats)
-
-    if views == 1 or not layer.training or layer._use_global_stats:  # global statistics: views are irrelevant
-        return normalize(x)
-    return paddle.concat([normalize(part) for part in paddle.split(x, views)])
+    view order, exactly as if the views had run one after another (oneDNN, the ReLU fused). Then the ReLU when
+    ``relu``."""
+    if views and layer.training and not layer._use_global_stats:
+        return fast.batch_norm_nhwc(x, layer, views, relu)
+    if views:  # global statistics: views are irrelevant
+        x = F.batch_norm(x, layer._mean, layer._variance, weight=layer.weight, bias=layer.bias, training=False,
+                         epsilon=layer._epsilon, data_format="NHWC")
+    else:
+        x = layer(x)
+    return F.relu(x) if relu else x
 
 
 def linear(cin: int, cout: int, bias: bool = True) -> nn.Linear:
@@ -136,7 +134,7 @@ class BasicBlock(nn.Layer):
         self.downsample = _shortcut(cin, cout, stride, padding)
 
     def forward(self, x: paddle.Tensor, views: int = 0) -> paddle.Tensor:
-        out = F.relu(_bn(self.bn1, _conv(self.conv1, x, views), views))
+        out = _bn(self.bn1, _conv(self.conv1, x, views), views, relu=True)
         out = _bn(self.bn2, _conv(self.conv2, out, views), views)
         return F.relu(out + _shortcut_forward(self.downsample, x, views))
 
@@ -155,8 +153,8 @@ class Bottleneck(nn.Layer):
         self.downsample = _shortcut(cin, cout, stride, padding)
 
     def forward(self, x: paddle.Tensor, views: int = 0) -> paddle.Tensor:
-        out = F.relu(_bn(self.bn1, _conv(self.conv1, x, views), views))
-        out = F.relu(_bn(self.bn2, _conv(self.conv2, out, views), views))
+        out = _bn(self.bn1, _conv(self.conv1, x, views), views, relu=True)
+        out = _bn(self.bn2, _conv(self.conv2, out, views), views, relu=True)
         out = _bn(self.bn3, _conv(self.conv3, out, views), views)
         return F.relu(out + _shortcut_forward(self.downsample, x, views))
 
@@ -208,7 +206,7 @@ class ResNet(nn.Layer):
         return self._forward(x.transpose([0, 2, 3, 1]), views)
 
     def _forward(self, x: paddle.Tensor, views: int) -> paddle.Tensor:
-        x = F.relu(_bn(self.bn1, _conv(self.conv1, x, views), views))
+        x = _bn(self.bn1, _conv(self.conv1, x, views), views, relu=True)
         if self.maxpool is not None:
             x = self.maxpool(x, nhwc=bool(views))
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):

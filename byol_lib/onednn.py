@@ -27,9 +27,11 @@ from byol_lib import runtime
 
 _Dims = ctypes.c_int64 * 12
 _F32, _ANY_TAG, _CPU, _IN_ORDER = 3, 1, 1, 1
-_FORWARD_TRAINING, _DIRECT = 64, 1
+_FORWARD_TRAINING, _BACKWARD, _DIRECT = 64, 128, 1
+_USE_SCALE, _USE_SHIFT, _FUSE_RELU = 0x2, 0x4, 0x8  # dnnl_normalization_flags_t
 _QUERY_EXEC_ARG_MD, _QUERY_IMPL_INFO = 255, 8
 SRC, DST, WEIGHTS, DIFF_SRC, DIFF_DST, DIFF_WEIGHTS, FROM, TO = 1, 17, 33, 129, 145, 161, 1, 17
+MEAN, VARIANCE, SCALE, SHIFT, WORKSPACE, DIFF_SCALE, DIFF_SHIFT = 49, 50, 51, 52, 64, 255, 256
 NHWC, OIHW = "acdb", "abcd"  # oneDNN's tags over the logical (N, C, H, W) / (O, I, H, W) dimensions
 _ALIGN = 64  # bytes
 
@@ -255,3 +257,76 @@ def convolution(shape: ConvShape) -> Convolution:
 @functools.lru_cache(maxsize=256)
 def _convolution(shape: ConvShape, threads: int) -> Convolution:
     return Convolution(shape)
+
+
+@dataclass(frozen=True)
+class NormShape:
+    """Training-mode BatchNorm of one NHWC batch ``[n, h, w, c]`` (statistics over n, h, w), optionally followed
+    by a ReLU fused into the same pass."""
+
+    n: int
+    c: int
+    h: int
+    w: int
+    epsilon: float
+    relu: bool
+
+
+class BatchNorm:
+    """oneDNN's training-mode batch normalization of one ``NormShape``, forward and backward: the batch mean
+    and biased variance come out beside the output (Paddle's running statistics use the same), the fused
+    ReLU keeps a bit mask (the workspace) for the backward pass."""
+
+    def __init__(self, shape: NormShape) -> None:
+        lib, (engine, _) = _library(), _engine_and_stream()
+        self.shape = shape
+        self._data = _md((shape.n, shape.c, shape.h, shape.w), NHWC)
+        self._flags = _USE_SCALE | _USE_SHIFT | (_FUSE_RELU if shape.relu else 0)
+        pd = ctypes.c_void_p()
+        _check(lib.dnnl_batch_normalization_forward_primitive_desc_create(
+            ctypes.byref(pd), engine, _FORWARD_TRAINING, self._data, self._data, ctypes.c_float(shape.epsilon),
+            self._flags, None), "batch_normalization_forward_primitive_desc_create")
+        workspace = (WORKSPACE,) if shape.relu else ()
+        self.forward_primitive = Primitive(pd, (SRC, DST, SCALE, SHIFT, MEAN, VARIANCE, *workspace))
+        self._backward: Primitive | None = None
+
+    def workspace(self) -> np.ndarray | None:
+        """A buffer for the fused ReLU's mask (None without ReLU)."""
+        return empty(self.forward_primitive.mds[WORKSPACE]) if self.shape.relu else None
+
+    def forward(self, x: int, y: int, scale: int, shift: int, mean: int, variance: int,
+                workspace: np.ndarray | None) -> None:
+        """``y`` = BN(``x``) (+ ReLU) with the batch's ``mean`` and ``variance`` written out (addresses)."""
+        buffers = {SRC: x, DST: y, SCALE: scale, SHIFT: shift, MEAN: mean, VARIANCE: variance}
+        if workspace is not None:
+            buffers[WORKSPACE] = workspace.ctypes.data
+        self.forward_primitive.run(buffers)
+
+    def backward(self, x: int, dy: int, scale: int, mean: int, variance: int, workspace: np.ndarray | None,
+                 dx: int, dscale: int, dshift: int) -> None:
+        """Gradients of input, scale and shift from the output gradient ``dy`` and the forward's statistics."""
+        if self._backward is None:
+            lib, (engine, _) = _library(), _engine_and_stream()
+            pd = ctypes.c_void_p()
+            _check(lib.dnnl_batch_normalization_backward_primitive_desc_create(
+                ctypes.byref(pd), engine, _BACKWARD, self._data, self._data, self._data,
+                ctypes.c_float(self.shape.epsilon), self._flags, self.forward_primitive.pd, None),
+                "batch_normalization_backward_primitive_desc_create")
+            args = (SRC, MEAN, VARIANCE, DIFF_DST, SCALE, DIFF_SRC, DIFF_SCALE, DIFF_SHIFT)
+            self._backward = Primitive(pd, (*args, WORKSPACE) if self.shape.relu else args)
+        buffers = {SRC: x, MEAN: mean, VARIANCE: variance, DIFF_DST: dy, SCALE: scale, DIFF_SRC: dx,
+                   DIFF_SCALE: dscale, DIFF_SHIFT: dshift}
+        if workspace is not None:
+            buffers[WORKSPACE] = workspace.ctypes.data
+        self._backward.run(buffers)
+
+
+def batch_norm(shape: NormShape) -> BatchNorm:
+    """The primitives of ``shape`` at the current thread count (created once, as ``convolution``)."""
+    _set_threads()
+    return _batch_norm(shape, runtime.threads())
+
+
+@functools.lru_cache(maxsize=256)
+def _batch_norm(shape: NormShape, threads: int) -> BatchNorm:
+    return BatchNorm(shape)

@@ -14,10 +14,13 @@ numpy's OpenBLAS (the GEMMs of ``byol_lib.fast``) gets the same count in this pr
 ``OPENBLAS_NUM_THREADS=1`` gives spawned ones, unless the user set ``OPENBLAS_NUM_THREADS``.
 
 glibc serves every block above 32 MB with a fresh ``mmap`` and unmaps it on free, so each training step
-re-faults its large activations and im2col buffers page by page (gigabytes per step at batch 128; on a
-2-core VM that costs about a third of a width-64 step). ``configure()`` therefore makes glibc keep freed
-memory for reuse (``mallopt``: no mmap, no trimming; the same as ``MALLOC_MMAP_MAX_=0
-MALLOC_TRIM_THRESHOLD_=<huge>``): RSS then stays at its peak instead of shrinking between steps.
+re-faults its large activations page by page (gigabytes per step at batch 128; on a 2-core VM that costs
+about a fifth of a width-64 step). ``keep_freed_memory()`` makes glibc keep freed memory for reuse
+(``mallopt``: no mmap, no trimming; the same as ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<huge>``): RSS
+then stays at its peak instead of shrinking between steps. ``train.train_step`` calls it after the first
+step, not at start: that step creates oneDNN's primitives, long-lived small allocations which, made while
+activations come from the heap, sit between them and fragment it (width-64 step: 3.27 GB peak RSS when
+set at start, 2.29 GB when set after the first step, 2.07 GB and 25% slower steps never set).
 ``BYOL_MALLOC_TUNING=0``, or any ``MALLOC_*``/``GLIBC_TUNABLES`` setting of the user's, leaves glibc alone.
 """
 
@@ -51,6 +54,7 @@ _configured_threads: int | None = None
 _user_blas = False  # the user set OPENBLAS_NUM_THREADS before quiet()
 _quieted = False
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
+_kept_freed_memory = False
 _OPENBLAS_SUFFIXES = ("64_", "_64_", "")  # scipy-openblas (numpy wheels) ILP64 names, then plain OpenBLAS
 
 
@@ -115,7 +119,11 @@ def blas_threads() -> int | None:
 
 
 def keep_freed_memory() -> bool:
-    """Ask glibc to reuse freed memory instead of unmapping/trimming it; False when not done (see module doc)."""
+    """Ask glibc to reuse freed memory instead of unmapping/trimming it (once per process); False when not done
+    (see module doc)."""
+    global _kept_freed_memory
+    if _kept_freed_memory:
+        return True
     if os.environ.get("BYOL_MALLOC_TUNING", "1") == "0" or "GLIBC_TUNABLES" in os.environ or any(
             key.startswith("MALLOC_") for key in os.environ):
         return False
@@ -125,11 +133,13 @@ def keep_freed_memory() -> bool:
         return False
     if not hasattr(libc, "mallopt"):  # pragma: no cover
         return False
-    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(2**31 - 1)))
+    _kept_freed_memory = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(2**31 - 1)))
+    return _kept_freed_memory
 
 
 def quiet() -> None:
-    """The cheap part, done on ``import byol_lib``: quiet environment, warning filters, logging, glibc's allocator."""
+    """The cheap part, done on ``import byol_lib``: quiet environment, warning filters, logging."""
     global _user_blas, _quieted
     if _quieted:
         return
@@ -141,7 +151,6 @@ def quiet() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # multi-node rendezvous requests
-    keep_freed_memory()
 
 
 def _import_and_set_threads(load: Callable[[], object]) -> int:

@@ -199,6 +199,7 @@ def train_step(learner: Learner, step: int, batch: Sequence[paddle.Tensor]) -> d
     learner.optimizer.clear_grad()
     if stepped and learner.update_target:
         update_target(learner.model.online, learner.model.target, tau)
+    runtime.keep_freed_memory()  # from the second step on: see byol_lib.runtime
     return {**metrics, **precision.metrics(stepped), "lr": lr, "tau": tau}
 
 
