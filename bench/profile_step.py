@@ -6,9 +6,9 @@ Two views of the same steps (after one warm-up step):
 
 * Paddle's profiler (``paddle.profiler``, CPU target): every dygraph op and backward node, per step:
   calls, total ms and µs per call. ``Global_GradNodePyLayer_*`` rows are the backward passes of
-  ``byol_lib.fast``'s PyLayers, numpy work included; their forward passes are Python, outside any op.
-* Timers around ``byol_lib.fast``'s numpy kernels (GEMM, im2col, col2im; forward, backward and the no-grad
-  target alike), per step.
+  ``byol_lib.fast``'s PyLayers, oneDNN work included; their forward passes are Python, outside any op.
+* Timers around ``byol_lib.onednn``'s calls (convolution forward / backward data / backward weights with
+  their weight reorders, BatchNorm forward / backward; the no-grad target included), per step.
 
 The line ``ops per step`` counts the dygraph op launches and backward nodes: with the median µs per call of
 the cheap ones it bounds the per-op overhead. A benchmark, never a test; the profiler itself adds a few %.
@@ -37,14 +37,15 @@ import paddle  # noqa: E402
 import paddle.profiler as profiler  # noqa: E402
 
 from bench.train_step import project_step  # noqa: E402
-from byol_lib import fast  # noqa: E402
+from byol_lib import fast, onednn  # noqa: E402
 
-KERNELS = ("_im2col", "_col2im", "_matmul")
+KERNELS = ((onednn.Convolution, ("forward", "backward_data", "backward_weights")),
+           (onednn.BatchNorm, ("forward", "backward")))
 _ROW = re.compile(r"^(\S.*?)\s{2,}(\d+)\s+([\d.]+) / ([\d.]+) / ")
 
 
-def _time_numpy_kernels() -> dict[str, list[float]]:
-    """Wrap ``byol_lib.fast``'s numpy kernels with timers; returns the per-kernel list of call durations."""
+def _time_onednn_calls() -> dict[str, list[float]]:
+    """Wrap ``byol_lib.onednn``'s calls with timers; returns the per-call list of durations."""
     durations: dict[str, list[float]] = collections.defaultdict(list)
 
     def timed(name: str, kernel: Callable) -> Callable:
@@ -55,8 +56,9 @@ def _time_numpy_kernels() -> dict[str, list[float]]:
             return result
         return run
 
-    for name in KERNELS:
-        setattr(fast, name, timed(name, getattr(fast, name)))
+    for cls, methods in KERNELS:
+        for method in methods:
+            setattr(cls, method, timed(f"{cls.__name__} {method}", getattr(cls, method)))
     return durations
 
 
@@ -90,7 +92,7 @@ def main() -> None:
     labels = paddle.randint(0, 10, [args.batch])
     step = project_step(args, views, labels, args.kernels)
     step()
-    durations = _time_numpy_kernels()
+    durations = _time_onednn_calls()
 
     walls = []
     prof = profiler.Profiler(targets=[profiler.ProfilerTarget.CPU])
@@ -118,10 +120,10 @@ def main() -> None:
     cheap = [1000 * total / calls for _, calls, total in rows if calls and 1000 * total / calls < 100]
     print(f"\nops per step: {sum(calls for _, calls, _ in rows) / n:.0f} (median of the cheap ones' µs/call: "
           f"{statistics.median(cheap) if cheap else float('nan'):.0f})")
-    print("\n| numpy kernel (byol_lib.fast) | calls/step | ms/step | % of step |\n|---|---|---|---|")
-    for name in KERNELS:
-        spent = sum(durations[name]) * 1000 / n
-        print(f"| {name.lstrip('_')} | {len(durations[name]) / n:.0f} | {spent:.1f} | {100 * spent / wall_ms:.0f} |")
+    print("\n| oneDNN call (byol_lib.onednn) | calls/step | ms/step | % of step |\n|---|---|---|---|")
+    for name, spent_each in durations.items():
+        spent = sum(spent_each) * 1000 / n
+        print(f"| {name} | {len(spent_each) / n:.0f} | {spent:.1f} | {100 * spent / wall_ms:.0f} |")
 
 
 if __name__ == "__main__":

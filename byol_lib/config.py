@@ -26,7 +26,7 @@ from byol_lib import amp
 from byol_lib.choices import DEVICES, RESULTS_DIR
 from byol_lib.data.augment import AUGMENT_DEFAULTS, validate_augment
 from byol_lib.data.passl_transforms import TransformListError, augmentation_from_passl
-from byol_lib.fast import KERNELS
+from byol_lib.fast import KERNEL_NAMES
 from byol_lib.model import PADDINGS
 
 Config = dict[str, Any]
@@ -210,7 +210,7 @@ _MODEL_CHOICES = {"model.backbone.name": ("ResNet",), "model.backbone.depth": (1
                   "model.backbone.stem": ("imagenet", "cifar"), "model.backbone.padding": PADDINGS,
                   "model.backbone.with_pool": (True,),
                   "model.backbone.num_classes": (0,), "device": DEVICES,
-                  "cpu_kernels": KERNELS}
+                  "cpu_kernels": KERNEL_NAMES}
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from byol_lib import onednn
 
 KERNELS = ("auto", "onednn", "paddle")
 _RENAMED = {"blas": "onednn"}  # results folders written before oneDNN replaced the numpy-BLAS kernels
+KERNEL_NAMES = (*KERNELS, *_RENAMED)  # what the config key accepts
 
 Pads = tuple[int, int, int, int]  # top, bottom, left, right
 

@@ -124,10 +124,10 @@ def test_a_loss_scaled_step_equals_the_float32_step_and_keeps_float32_master_wei
 def test_an_overflowing_step_is_skipped_and_lowers_the_scale_without_a_nan_alarm() -> None:
     """Scaled gradients that overflow float32 (as float16 ones overflow on a GPU): no LARS step, no EMA, no
     NonFiniteLossError (the loss itself is finite), the scale halves; the next step with the lower scale runs."""
-    learner, batch = _learner(_float16_scaler_precision(2.0**126))
+    learner, batch = _learner(_float16_scaler_precision(2.0**127))  # the scaled loss (about 7 x 2^127) overflows
     before = _state(learner)
     metrics = train_step(learner, 3, batch)
-    assert np.isfinite(metrics["loss"]) and metrics["amp_skipped"] == 1.0 and metrics["loss_scale"] == 2.0**125
+    assert np.isfinite(metrics["loss"]) and metrics["amp_skipped"] == 1.0 and metrics["loss_scale"] == 2.0**126
     for a, b in zip(before, _state(learner), strict=True):
         np.testing.assert_array_equal(a, b)
     assert all(p.grad is None for p in learner.optimizer.params)

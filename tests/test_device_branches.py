@@ -49,7 +49,7 @@ BRANCHES: dict[tuple[str, str], tuple[str, ...]] = {
         f"{_SELF}::test_sync_batch_norm_forward_needs_a_gpu"),
     ("byol_lib/train.py", "workers_sharing_cores"): (f"{_SELF}::test_loader_workers_take_cpu_threads_only_on_cpu",),
     ("byol_lib/data/augment.py", "device_augment"): (f"{_SELF}::test_fixed_shape_augmentation_equals_the_cpu_path",),
-    ("byol_lib/fast.py", "use_blas"): (f"{_SELF}::test_accelerator_tensors_never_take_the_blas_kernels",),
+    ("byol_lib/fast.py", "use_onednn"): (f"{_SELF}::test_accelerator_tensors_never_take_the_onednn_kernels",),
     ("byol_lib/optim.py", "LARS.set_state_dict"): (f"{_SELF}::test_restored_lars_state_sits_where_its_parameter_is",),
     ("byol_lib/launch.py", "launch_command"): (f"{_SELF}::test_launch_command_parses_with_paddles_launcher",),
     ("byol_lib/cli.py", "add_launch_arguments"): (f"{_SELF}::test_cli_gpu_flags_reach_paddles_launcher",),
@@ -157,13 +157,13 @@ def test_restored_lars_state_sits_where_its_parameter_is() -> None:
         assert str(buffer.place) == str(param.place) and buffer.dtype == param.dtype
 
 
-def test_accelerator_tensors_never_take_the_blas_kernels() -> None:
-    """fast.use_blas reads a batch's dtype, place and shape; a stand-in with a non-CPU place is refused even when
-    the numpy-BLAS kernels are forced, while the same CPU batch takes them."""
+def test_accelerator_tensors_never_take_the_onednn_kernels() -> None:
+    """fast.use_onednn reads a batch's dtype and place; a stand-in with a non-CPU place is refused even when the
+    oneDNN kernels are forced, while the same CPU batch takes them."""
     accelerator = SimpleNamespace(dtype=paddle.float32, shape=[128, 3, 32, 32],
                                   place=SimpleNamespace(is_cpu_place=lambda: False))
-    assert fast.use_blas(paddle.zeros([128, 3, 32, 32]), 8, "blas")
-    assert not fast.use_blas(accelerator, 8, "blas")  # type: ignore[arg-type]
+    assert fast.use_onednn(paddle.zeros([128, 3, 32, 32]), "onednn")
+    assert not fast.use_onednn(accelerator, "onednn")  # type: ignore[arg-type]
 
 
 def test_loader_workers_take_cpu_threads_only_on_cpu() -> None:

@@ -1,4 +1,4 @@
-"""The numpy-BLAS CPU kernels (byol_lib.fast) compute what Paddle's kernels compute, and the runtime set-up."""
+"""The oneDNN CPU kernels (byol_lib.fast) compute what Paddle's kernels compute, and the runtime set-up."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import paddle
 import paddle.nn.functional as F
 import pytest
 
-from byol_lib import fast, runtime
+from byol_lib import fast, onednn, runtime
 from byol_lib.config import ConfigError, load_config
 from byol_lib.data.augment import device_params_length
 from byol_lib.distributed import Context
@@ -30,19 +30,13 @@ def _close(got: np.ndarray, want: np.ndarray, rtol: float, name: str, floor: flo
     assert float(np.abs(got - want).max()) <= rtol * scale, name
 
 
-@pytest.mark.parametrize("blocked", [False, True])  # True: one image per im2col block (one thread)
 @pytest.mark.parametrize("padding", ["same", "symmetric"])
 @pytest.mark.parametrize(("cin", "cout", "size", "kernel", "stride"), [
     (3, 8, 9, 3, 1), (5, 6, 8, 3, 2), (5, 6, 9, 3, 2), (4, 7, 8, 1, 2), (4, 4, 6, 1, 1), (3, 5, 11, 7, 2),
-    (3, 5, 12, 7, 2),
+    (3, 5, 12, 7, 2), (16, 32, 8, 3, 1),
 ])
 def test_conv_matches_paddle_forward_and_gradients(cin: int, cout: int, size: int, kernel: int, stride: int,
-                                                   padding: str, blocked: bool,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    if blocked:
-        monkeypatch.setattr(fast, "BLOCK_BYTES", 1)
-        monkeypatch.setattr(runtime, "threads", lambda: 1)
-        assert fast._chunk(3, cin, kernel, size, size) == (3 if kernel == 1 else 1)
+                                                   padding: str) -> None:
     rng = np.random.default_rng(0)
     x_np = rng.standard_normal((3, cin, size, size + 1)).astype(np.float32)  # one odd and one even axis
     w_np = rng.standard_normal((cout, cin, kernel, kernel)).astype(np.float32)
@@ -52,27 +46,75 @@ def test_conv_matches_paddle_forward_and_gradients(cin: int, cout: int, size: in
     g_np = rng.standard_normal(y.shape).astype(np.float32)
     y.backward(paddle.to_tensor(g_np))
 
-    xc = paddle.to_tensor(x_np.transpose(1, 0, 2, 3).copy(), stop_gradient=False)
+    xc = paddle.to_tensor(x_np.transpose(0, 2, 3, 1).copy(), stop_gradient=False)
     wc = paddle.to_tensor(w_np, stop_gradient=False)
-    yc = fast.conv2d_cnhw(xc, wc, stride, pads)
-    yc.backward(paddle.to_tensor(g_np.transpose(1, 0, 2, 3).copy()))
-
-    _close(yc.numpy().transpose(1, 0, 2, 3), y.numpy(), 1e-6, "output")
-    _close(wc.grad.numpy(), w.grad.numpy(), 1e-6, "weight gradient")
-    _close(xc.grad.numpy().transpose(1, 0, 2, 3), x.grad.numpy(), 1e-6, "input gradient")
+    for _ in range(2):  # the second call reuses the cached primitives
+        yc = fast.conv2d_nhwc(xc, wc, stride, pads)
+        yc.backward(paddle.to_tensor(g_np.transpose(0, 2, 3, 1).copy()))
+        _close(yc.numpy().transpose(0, 3, 1, 2), y.numpy(), 1e-6, "output")
+        _close(wc.grad.numpy(), w.grad.numpy(), 1e-6, "weight gradient")
+        _close(xc.grad.numpy().transpose(0, 3, 1, 2), x.grad.numpy(), 1e-6, "input gradient")
+        xc.clear_gradient()
+        wc.clear_gradient()
 
 
 def test_conv_without_input_gradient_and_without_autograd() -> None:
-    x = paddle.randn([3, 2, 8, 8])  # an image batch: no input gradient wanted
+    x = paddle.randn([2, 8, 8, 3])  # an image batch: no input gradient wanted
     w = paddle.randn([4, 3, 3, 3])
     w.stop_gradient = False
-    out = fast.conv2d_cnhw(x, w, 1, (1, 1, 1, 1))
+    out = fast.conv2d_nhwc(x, w, 1, (1, 1, 1, 1))
     out.sum().backward()
     assert x.grad is None and w.grad is not None
     with paddle.no_grad():
-        again = fast.conv2d_cnhw(x, w, 1, (1, 1, 1, 1))
+        again = fast.conv2d_nhwc(x, w, 1, (1, 1, 1, 1))
     assert again.stop_gradient
     np.testing.assert_array_equal(again.numpy(), out.numpy())
+
+
+def _batch_norm_reference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, dy: np.ndarray, eps: float,
+                          relu: bool) -> tuple[np.ndarray, ...]:
+    """Training-mode BatchNorm (+ ReLU) of one NHWC batch and its closed-form gradients, in float64."""
+    x, dy = x.astype(np.float64), dy.astype(np.float64)
+    mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+    xhat = (x - mean) / np.sqrt(var + eps)
+    y = xhat * gamma + beta
+    if relu:
+        dy = dy * (y > 0)
+        y = np.maximum(y, 0.0)
+    count = x.shape[0] * x.shape[1] * x.shape[2]
+    dbeta, dgamma = dy.sum(axis=(0, 1, 2)), (dy * xhat).sum(axis=(0, 1, 2))
+    dx = gamma / np.sqrt(var + eps) * (dy - dbeta / count - xhat * dgamma / count)
+    return y, dx, dgamma, dbeta, mean, var
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("channels", [4, 8, 16, 24])  # oneDNN picks other kernels per channel count
+def test_batch_norm_per_view_matches_a_numpy_reference(channels: int, relu: bool) -> None:
+    """Each of two views normalised with its own statistics, the ReLU fused, gradients summed over the views for
+    the parameters, running statistics moved once per view in view order: against float64 numpy."""
+    rng = np.random.default_rng(channels)
+    layer = paddle.nn.BatchNorm2D(channels, momentum=0.9, epsilon=1e-5)
+    gamma, beta = rng.standard_normal(channels).astype(np.float32), rng.standard_normal(channels).astype(np.float32)
+    layer.weight.set_value(gamma)
+    layer.bias.set_value(beta)
+    running = [rng.standard_normal(channels).astype(np.float32), rng.random(channels).astype(np.float32) + 0.5]
+    layer._mean.set_value(running[0])
+    layer._variance.set_value(running[1])
+    views = [rng.standard_normal((3, 5, 6, channels)).astype(np.float32) * scale + scale for scale in (1.0, 3.0)]
+    dy = rng.standard_normal((6, 5, 6, channels)).astype(np.float32)
+    x = paddle.to_tensor(np.concatenate(views), stop_gradient=False)
+    y = fast.batch_norm_nhwc(x, layer, 2, relu)
+    y.backward(paddle.to_tensor(dy))
+    refs = [_batch_norm_reference(v, gamma, beta, d, 1e-5, relu) for v, d in zip(views, np.split(dy, 2), strict=True)]
+    _close(y.numpy(), np.concatenate([r[0] for r in refs]), 1e-5, "output")
+    _close(x.grad.numpy(), np.concatenate([r[1] for r in refs]), 1e-4, "input gradient")
+    _close(layer.weight.grad.numpy(), refs[0][2] + refs[1][2], 1e-5, "scale gradient")
+    _close(layer.bias.grad.numpy(), refs[0][3] + refs[1][3], 1e-5, "shift gradient")
+    for index, got in ((4, layer._mean), (5, layer._variance)):  # Paddle's rule: biased variance, momentum 0.9
+        want = running[index - 4].astype(np.float64)
+        for ref in refs:
+            want = 0.9 * want + 0.1 * ref[index]
+        _close(got.numpy(), want, 1e-6, "running statistic")
 
 
 @pytest.mark.parametrize(("stem", "padding"), [("cifar", "same"), ("imagenet", "same"), ("imagenet", "symmetric")])
@@ -80,8 +122,9 @@ def test_encoder_matches_in_train_and_eval_mode(stem: str, padding: str) -> None
     paddle.seed(1)
     net = ResNet(18, stem, width=4, padding=padding, cpu_kernels="paddle")
     twin = copy.deepcopy(net)
-    twin.cpu_kernels = "blas"
-    x = paddle.randn([4, 3, 32, 32])
+    twin.cpu_kernels = "onednn"
+    size = 32 if stem == "cifar" else 64  # the ImageNet stem at 32 px leaves 1x1 maps: BN over 4 values
+    x = paddle.randn([4, 3, size, size])
     for training in (True, False):
         for layer in (net, twin):
             layer.train() if training else layer.eval()
@@ -92,13 +135,14 @@ def test_encoder_matches_in_train_and_eval_mode(stem: str, padding: str) -> None
         _close(b.numpy(), a.numpy(), 1e-5, name)  # BN running statistics updated alike
 
 
-@pytest.mark.parametrize("kernels", ["blas", "paddle"])
+@pytest.mark.parametrize("kernels", ["onednn", "paddle"])
 def test_views_in_one_pass_match_separate_calls(kernels: str) -> None:
     """Two views through the encoder at once (``views=2``) normalise each with its own BatchNorm statistics: over
     three training passes the features, weight gradients and running statistics equal two separate calls."""
     paddle.seed(2)
     joint = ResNet(18, "cifar", width=4, cpu_kernels=kernels)
     separate = copy.deepcopy(joint)
+    separate.cpu_kernels = "paddle"
     rng = np.random.default_rng(3)
     for _ in range(3):
         views = [paddle.to_tensor(rng.standard_normal((4, 3, 16, 16)).astype(np.float32)) for _ in range(2)]
@@ -122,23 +166,23 @@ def test_views_in_one_pass_match_separate_calls(kernels: str) -> None:
     assert float((pooled(paddle.concat(views), 1) - got).abs().max()) > 1e-2  # one batch of both views differs
 
 
-def test_auto_uses_blas_on_one_thread_or_for_large_cpu_batches() -> None:
-    before = runtime.threads()
-    try:
-        runtime.set_threads(2)
-        assert fast.use_blas(paddle.zeros([128, 3, 32, 32]), 16, "auto")
-        assert not fast.use_blas(paddle.zeros([128, 3, 32, 32]), 8, "auto")  # the default preset on 2 threads
-        assert not fast.use_blas(paddle.zeros([32, 3, 16, 16]), 8, "auto")
-        runtime.set_threads(1)
-        assert fast.use_blas(paddle.zeros([128, 3, 32, 32]), 8, "auto")
-        assert fast.use_blas(paddle.zeros([32, 3, 16, 16]), 8, "auto")
-        assert not fast.use_blas(paddle.zeros([128, 3, 32, 32], dtype="float64"), 8, "auto")
-    finally:
-        runtime.set_threads(before)
-    assert fast.use_blas(paddle.zeros([2, 3, 8, 8]), 8, "blas")
-    assert not fast.use_blas(paddle.zeros([128, 3, 32, 32]), 64, "paddle")
+def test_kernel_choice_and_onednn_threads() -> None:
+    assert fast.use_onednn(paddle.zeros([2, 3, 8, 8]), "auto")
+    assert fast.use_onednn(paddle.zeros([2, 3, 8, 8]), "onednn")
+    assert not fast.use_onednn(paddle.zeros([2, 3, 8, 8]), "paddle")
+    assert not fast.use_onednn(paddle.zeros([2, 3, 8, 8], dtype="float64"), "auto")
+    assert fast.check_kernels("blas") == "onednn"  # the numpy-BLAS kernels' name in older results folders
+    assert load_config(None, ["dataloader.train.dataset.name=Synthetic", "cpu_kernels=blas"])["cpu_kernels"] == "blas"
     with pytest.raises(ValueError, match="cpu kernels must be one of"):
         ResNet(18, "cifar", width=4, cpu_kernels="mkl")
+    before = runtime.threads()
+    try:
+        for threads in (1, 2):
+            runtime.set_threads(threads)
+            fast.conv2d_nhwc(paddle.ones([2, 4, 4, 3]), paddle.ones([2, 3, 3, 3]), 1, (1, 1, 1, 1))
+            assert onednn._openmp().omp_get_max_threads() == threads
+    finally:
+        runtime.set_threads(before)
 
 
 def _train(kernels: str, steps: int) -> tuple[list[float], dict[str, np.ndarray]]:
@@ -172,7 +216,7 @@ def test_training_steps_match_the_paddle_kernels(steps: int, rtol: float) -> Non
     while the losses still agree to 1e-6); biases feeding a BatchNorm have ~0 gradients, hence the 1e-3 floor.
     """
     want_losses, want = _train("paddle", steps)
-    got_losses, got = _train("blas", steps)
+    got_losses, got = _train("onednn", steps)
     np.testing.assert_allclose(got_losses, want_losses, rtol=1e-5)
     assert got.keys() == want.keys()
     for key in want:
@@ -186,12 +230,12 @@ def test_config_key_cpu_kernels_selects_the_kernels_of_a_run(tmp_path: Path) -> 
     with pytest.raises(ConfigError, match="cpu_kernels"):
         load_config(TINY_CONFIG, ["cpu_kernels=mkl"])
     losses = {}
-    for choice in ("paddle", "blas"):
+    for choice in ("paddle", "onednn"):
         cfg = load_config(TINY_CONFIG, [f"output_dir={tmp_path / choice}", f"cpu_kernels={choice}", "epochs=1"])
         run = pretrain(cfg, verbose=False)
         losses[choice] = [row["loss"] for row in read_metrics(run)]
-    assert losses["blas"] != losses["paddle"]
-    np.testing.assert_allclose(losses["blas"], losses["paddle"], rtol=1e-4)
+    assert losses["onednn"] != losses["paddle"]
+    np.testing.assert_allclose(losses["onednn"], losses["paddle"], rtol=1e-4)
 
 
 _THREADS_PROBE = """
@@ -228,10 +272,10 @@ def test_user_openblas_threads_are_left_alone() -> None:
 
 
 @pytest.mark.slow
-def test_blas_training_is_bitwise_reproducible() -> None:
-    """Aligned buffers: the same steps give the same bits (resume after a crash stays bit-identical)."""
-    first_losses, first = _train("blas", 2)
-    second_losses, second = _train("blas", 2)
+def test_onednn_training_is_bitwise_reproducible() -> None:
+    """The same steps give the same bits (resume after a crash stays bit-identical)."""
+    first_losses, first = _train("onednn", 2)
+    second_losses, second = _train("onednn", 2)
     assert first_losses == second_losses
     for key in first:
         np.testing.assert_array_equal(second[key], first[key], err_msg=key)
