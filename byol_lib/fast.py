@@ -154,3 +154,45 @@ def batch_norm_nhwc(x: paddle.Tensor, layer: nn.BatchNorm2D, views: int, relu: b
     if not paddle.is_grad_enabled() or (x.stop_gradient and layer.weight.stop_gradient):
         return _normalize(x, layer, views, relu)[0]
     return _BatchNorm.apply(x, layer.weight, layer.bias, layer, views, relu)
+
+
+class _MatMul(PyLayer):
+    """Autograd wrapper of oneDNN's GEMM: ``x [N, in] @ weight [in, out]`` (Paddle's Linear layout)."""
+
+    @staticmethod
+    def forward(ctx: PyLayerContext, x: paddle.Tensor, weight: paddle.Tensor) -> paddle.Tensor:
+        ctx.saved = (x, weight)  # released in backward, as above
+        return _matmul(x, weight)
+
+    @staticmethod
+    def backward(ctx: PyLayerContext, dy: paddle.Tensor) -> tuple[paddle.Tensor | None, paddle.Tensor | None]:
+        x, weight = ctx.saved
+        ctx.saved = None
+        dy = dy.contiguous()
+        (n, fan_in), fan_out = x.shape, weight.shape[1]
+        dx = dw = None
+        if not x.stop_gradient:
+            dx = paddle.empty([n, fan_in], dtype=paddle.float32)
+            onednn.sgemm(False, True, n, fan_in, fan_out, dy.data_ptr(), weight.data_ptr(), dx.data_ptr())
+        if not weight.stop_gradient:
+            dw = paddle.empty([fan_in, fan_out], dtype=paddle.float32)
+            onednn.sgemm(True, False, fan_in, fan_out, n, x.data_ptr(), dy.data_ptr(), dw.data_ptr())
+        return dx, dw
+
+
+def _matmul(x: paddle.Tensor, weight: paddle.Tensor) -> paddle.Tensor:
+    (n, fan_in), fan_out = x.shape, weight.shape[1]
+    out = paddle.empty([n, fan_out], dtype=paddle.float32)
+    onednn.sgemm(False, False, n, fan_out, fan_in, x.data_ptr(), weight.data_ptr(), out.data_ptr())
+    return out
+
+
+def linear(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor | None) -> paddle.Tensor:
+    """``x @ weight + bias`` for a 2-D float32 CPU batch ``x`` and Paddle's ``[in, out]`` weight, the product in
+    oneDNN's GEMM (Paddle's bundled MKL runs these 4096-wide layers at a third of the speed on AMD CPUs)."""
+    x, weight = x.contiguous(), weight.contiguous()
+    if not paddle.is_grad_enabled() or (x.stop_gradient and weight.stop_gradient):
+        out = _matmul(x, weight)
+    else:
+        out = _MatMul.apply(x, weight)
+    return out if bias is None else out + bias

@@ -216,10 +216,12 @@ class ResNet(nn.Layer):
 
 
 class MLP(nn.Layer):
-    """Linear -> BN -> ReLU -> Linear, the projector g and predictor q (paper §3.3)."""
+    """Linear -> BN -> ReLU -> Linear, the projector g and predictor q (paper §3.3); on the CPU the products run in
+    oneDNN's GEMM unless ``cpu_kernels`` is ``paddle`` (see ``byol_lib.fast``)."""
 
-    def __init__(self, cin: int, hidden: int, cout: int, last_bias: bool = False) -> None:
+    def __init__(self, cin: int, hidden: int, cout: int, last_bias: bool = False, cpu_kernels: str = "auto") -> None:
         super().__init__()
+        self.cpu_kernels = fast.check_kernels(cpu_kernels)
         self.mlp = nn.Sequential(
             linear(cin, hidden),
             nn.BatchNorm1D(hidden, momentum=BN_MOMENTUM, epsilon=BN_EPSILON),
@@ -228,7 +230,10 @@ class MLP(nn.Layer):
         )
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return self.mlp(x)
+        if not fast.use_onednn(x, self.cpu_kernels):
+            return self.mlp(x)
+        first, norm, relu, last = self.mlp
+        return fast.linear(relu(norm(fast.linear(x, first.weight, first.bias))), last.weight, last.bias)
 
 
 class Tower(nn.Layer):
@@ -237,7 +242,7 @@ class Tower(nn.Layer):
     def __init__(self, encoder: ResNet, hidden: int, out: int, last_bias: bool) -> None:
         super().__init__()
         self.encoder = encoder
-        self.projector = MLP(encoder.out_channels, hidden, out, last_bias)
+        self.projector = MLP(encoder.out_channels, hidden, out, last_bias, encoder.cpu_kernels)
 
     def forward(self, x: paddle.Tensor, views: int = 1) -> tuple[paddle.Tensor, paddle.Tensor]:
         """``(y, z)`` of ``x`` made of ``views`` equal batches, each with its own BatchNorm statistics."""
@@ -300,7 +305,7 @@ def byol_from_config(model_cfg: dict[str, Any], num_classes: int, cpu_kernels: s
         return Tower(encoder, neck["hid_channels"], neck["out_channels"], neck["last_bias"])
 
     online, target = tower(), tower()
-    predictor = MLP(neck["out_channels"], pred["hid_channels"], pred["out_channels"], pred["last_bias"])
+    predictor = MLP(neck["out_channels"], pred["hid_channels"], pred["out_channels"], pred["last_bias"], cpu_kernels)
     return BYOL(online, target, predictor, num_classes, model_cfg["align_init_network"])
 
 

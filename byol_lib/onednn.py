@@ -330,3 +330,15 @@ def batch_norm(shape: NormShape) -> BatchNorm:
 @functools.lru_cache(maxsize=256)
 def _batch_norm(shape: NormShape, threads: int) -> BatchNorm:
     return BatchNorm(shape)
+
+
+def sgemm(trans_a: bool, trans_b: bool, m: int, n: int, k: int, a: int, b: int, c: int) -> None:
+    """``C[m, n] = op(A) @ op(B)`` in float32 (row-major, dense: ``op(A)`` is ``[m, k]``, ``op(B)`` ``[k, n]``; ``A``
+    stored ``[k, m]`` when ``trans_a``, ``B`` stored ``[n, k]`` when ``trans_b``): oneDNN's JIT GEMM."""
+    lib = _library()
+    _set_threads()
+    _check(lib.dnnl_sgemm(ctypes.c_char(b"T" if trans_a else b"N"), ctypes.c_char(b"T" if trans_b else b"N"),
+                          ctypes.c_int64(m), ctypes.c_int64(n), ctypes.c_int64(k), ctypes.c_float(1.0),
+                          ctypes.c_void_p(a), ctypes.c_int64(m if trans_a else k), ctypes.c_void_p(b),
+                          ctypes.c_int64(k if trans_b else n), ctypes.c_float(0.0), ctypes.c_void_p(c),
+                          ctypes.c_int64(n)), "sgemm")

@@ -71,6 +71,23 @@ def test_conv_without_input_gradient_and_without_autograd() -> None:
     np.testing.assert_array_equal(again.numpy(), out.numpy())
 
 
+@pytest.mark.parametrize(("rows", "fan_in", "fan_out"), [(5, 7, 3), (32, 64, 256), (1, 16, 4)])
+def test_linear_matches_numpy(rows: int, fan_in: int, fan_out: int) -> None:
+    """``x @ W + b`` through oneDNN's GEMM, and its gradients, against float64 numpy."""
+    rng = np.random.default_rng(rows)
+    x_np, w_np = rng.standard_normal((rows, fan_in)), rng.standard_normal((fan_in, fan_out))
+    b_np, dy = rng.standard_normal(fan_out), rng.standard_normal((rows, fan_out))
+    x, w, b = (paddle.to_tensor(a.astype(np.float32), stop_gradient=False) for a in (x_np, w_np, b_np))
+    y = fast.linear(x, w, b)
+    y.backward(paddle.to_tensor(dy.astype(np.float32)))
+    _close(y.numpy(), x_np @ w_np + b_np, 1e-6, "output")
+    _close(x.grad.numpy(), dy @ w_np.T, 1e-6, "input gradient")
+    _close(w.grad.numpy(), x_np.T @ dy, 1e-6, "weight gradient")
+    _close(b.grad.numpy(), dy.sum(axis=0), 1e-6, "bias gradient")
+    with paddle.no_grad():
+        _close(fast.linear(x, w, None).numpy(), x_np @ w_np, 1e-6, "no bias, no autograd")
+
+
 def _batch_norm_reference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, dy: np.ndarray, eps: float,
                           relu: bool) -> tuple[np.ndarray, ...]:
     """Training-mode BatchNorm (+ ReLU) of one NHWC batch and its closed-form gradients, in float64."""
