@@ -97,10 +97,10 @@ def conv2d_nhwc(x: paddle.Tensor, weight: paddle.Tensor, stride: int, pads: Pads
     return _Conv2D.apply(x, weight, stride, pads)
 
 
-def _normalize(x: paddle.Tensor, layer: nn.BatchNorm2D, views: int,
-               relu: bool) -> tuple[paddle.Tensor, np.ndarray, list[np.ndarray | None]]:
-    """Training-mode BatchNorm (+ ReLU) of each of ``views`` equal NHWC batches of ``x``, running statistics moved
-    once per view in view order; the output, the batch statistics ``[mean/variance, view, C]``, the ReLU masks."""
+def _normalize_views(x: paddle.Tensor, layer: nn.BatchNorm2D, views: int,
+                     relu: bool) -> tuple[paddle.Tensor, np.ndarray, list[np.ndarray | None]]:
+    """Training-mode BatchNorm (+ ReLU) of each of ``views`` equal NHWC batches of ``x``: the output, the batch
+    statistics ``[mean/variance, view, C]``, the ReLU masks. Deterministic: a second call gives the same bits."""
     n, h, w, c = x.shape
     norm = onednn.batch_norm(onednn.NormShape(n // views, c, h, w, layer._epsilon, relu))
     out = paddle.empty(x.shape, dtype=paddle.float32)
@@ -110,6 +110,13 @@ def _normalize(x: paddle.Tensor, layer: nn.BatchNorm2D, views: int,
     for v in range(views):
         norm.forward(x.data_ptr() + v * step, out.data_ptr() + v * step, layer.weight.data_ptr(),
                      layer.bias.data_ptr(), stats[0, v].ctypes.data, stats[1, v].ctypes.data, masks[v])
+    return out, stats, masks
+
+
+def _normalize(x: paddle.Tensor, layer: nn.BatchNorm2D, views: int,
+               relu: bool) -> tuple[paddle.Tensor, np.ndarray, list[np.ndarray | None]]:
+    """``_normalize_views``, and the running statistics moved once per view in view order."""
+    out, stats, masks = _normalize_views(x, layer, views, relu)
     momentum = np.float32(layer._momentum)
     for running, batch in ((layer._mean, stats[0]), (layer._variance, stats[1])):
         value = running.numpy()
@@ -119,6 +126,24 @@ def _normalize(x: paddle.Tensor, layer: nn.BatchNorm2D, views: int,
     return out, stats, masks
 
 
+def _normalize_backward(x: paddle.Tensor, dy: paddle.Tensor, layer: nn.BatchNorm2D, views: int, relu: bool,
+                        stats: np.ndarray,
+                        masks: list[np.ndarray | None]) -> tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor]:
+    """Gradients of input, scale and shift of ``_normalize_views`` from the output gradient ``dy``."""
+    dy = dy.contiguous()
+    n, h, w, c = x.shape
+    norm = onednn.batch_norm(onednn.NormShape(n // views, c, h, w, layer._epsilon, relu))
+    dx = paddle.empty(x.shape, dtype=paddle.float32)
+    dparams = np.empty((2, views, c), dtype=np.float32)
+    step = n // views * h * w * c * 4
+    for v in range(views):
+        norm.backward(x.data_ptr() + v * step, dy.data_ptr() + v * step, layer.weight.data_ptr(),
+                      stats[0, v].ctypes.data, stats[1, v].ctypes.data, masks[v], dx.data_ptr() + v * step,
+                      dparams[0, v].ctypes.data, dparams[1, v].ctypes.data)
+    dscale, dshift = dparams.sum(axis=1)  # the parameters serve every view: their gradients add up
+    return dx, paddle.to_tensor(dscale), paddle.to_tensor(dshift)
+
+
 class _BatchNorm(PyLayer):
     """Autograd wrapper of oneDNN's training-mode BatchNorm (+ ReLU) over views (NHWC)."""
 
@@ -126,25 +151,39 @@ class _BatchNorm(PyLayer):
     def forward(ctx: PyLayerContext, x: paddle.Tensor, scale: paddle.Tensor, shift: paddle.Tensor,
                 layer: nn.BatchNorm2D, views: int, relu: bool) -> paddle.Tensor:
         out, stats, masks = _normalize(x, layer, views, relu)
-        ctx.saved = (x, scale, stats, masks, views, relu, layer._epsilon)  # released in backward, as above
+        ctx.saved = (x, layer, views, relu, stats, masks)  # released in backward, as above
         return out
 
     @staticmethod
     def backward(ctx: PyLayerContext, dy: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor]:
-        x, scale, stats, masks, views, relu, epsilon = ctx.saved
+        saved, ctx.saved = ctx.saved, None
+        return _normalize_backward(*saved[:1], dy, *saved[1:])
+
+
+class _NormReluConv(PyLayer):
+    """BatchNorm + ReLU over views, then a convolution, keeping only the BatchNorm's input: its output (the
+    convolution's input) is recomputed, bit for bit, in the backward pass. One activation less per block."""
+
+    @staticmethod
+    def forward(ctx: PyLayerContext, x: paddle.Tensor, scale: paddle.Tensor, shift: paddle.Tensor,
+                weight: paddle.Tensor, layer: nn.BatchNorm2D, views: int, stride: int, pads: Pads) -> paddle.Tensor:
+        normalized, stats, masks = _normalize(x, layer, views, relu=True)
+        ctx.saved = (x, weight, layer, views, stride, pads, stats, masks)
+        return _forward(normalized, weight, stride, pads)
+
+    @staticmethod
+    def backward(ctx: PyLayerContext, dy: paddle.Tensor) -> tuple[paddle.Tensor, ...]:
+        x, weight, layer, views, stride, pads, stats, masks = ctx.saved
         ctx.saved = None
+        normalized = _normalize_views(x, layer, views, relu=True)[0]
         dy = dy.contiguous()
-        n, h, w, c = x.shape
-        norm = onednn.batch_norm(onednn.NormShape(n // views, c, h, w, epsilon, relu))
-        dx = paddle.empty(x.shape, dtype=paddle.float32)
-        dparams = np.empty((2, views, c), dtype=np.float32)
-        step = n // views * h * w * c * 4
-        for v in range(views):
-            norm.backward(x.data_ptr() + v * step, dy.data_ptr() + v * step, scale.data_ptr(),
-                          stats[0, v].ctypes.data, stats[1, v].ctypes.data, masks[v], dx.data_ptr() + v * step,
-                          dparams[0, v].ctypes.data, dparams[1, v].ctypes.data)
-        dscale, dshift = dparams.sum(axis=1)  # the parameters serve every view: their gradients add up
-        return dx, paddle.to_tensor(dscale), paddle.to_tensor(dshift)
+        convolution = onednn.convolution(_shape(normalized, weight, stride, pads))
+        dw = paddle.empty(weight.shape, dtype=paddle.float32)
+        convolution.backward_weights(normalized.data_ptr(), dy.data_ptr(), dw.data_ptr())
+        del normalized
+        dnormalized = paddle.empty(x.shape, dtype=paddle.float32)
+        convolution.backward_data(dy.data_ptr(), weight.data_ptr(), dnormalized.data_ptr())
+        return (*_normalize_backward(x, dnormalized, layer, views, True, stats, masks), dw)
 
 
 def batch_norm_nhwc(x: paddle.Tensor, layer: nn.BatchNorm2D, views: int, relu: bool) -> paddle.Tensor:
@@ -196,3 +235,13 @@ def linear(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor | None) 
     else:
         out = _MatMul.apply(x, weight)
     return out if bias is None else out + bias
+
+
+def norm_relu_conv_nhwc(x: paddle.Tensor, layer: nn.BatchNorm2D, views: int, weight: paddle.Tensor, stride: int,
+                        pads: Pads) -> paddle.Tensor:
+    """``conv2d_nhwc(batch_norm_nhwc(x, layer, views, relu=True), weight, stride, pads)`` with the normalised
+    activations recomputed in the backward pass instead of kept (training mode)."""
+    x = x.contiguous()
+    if not paddle.is_grad_enabled() or (x.stop_gradient and weight.stop_gradient):
+        return conv2d_nhwc(_normalize(x, layer, views, relu=True)[0], weight, stride, pads)
+    return _NormReluConv.apply(x, layer.weight, layer.bias, weight.contiguous(), layer, views, stride, pads)

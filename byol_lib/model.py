@@ -116,6 +116,14 @@ def _bn(layer: nn.BatchNorm2D, x: paddle.Tensor, views: int, relu: bool = False)
     return F.relu(x) if relu else x
 
 
+def _bn_relu_conv(norm: nn.BatchNorm2D, layer: Conv2D, x: paddle.Tensor, views: int) -> paddle.Tensor:
+    """``_conv(layer, _bn(norm, x, views, relu=True), views)``; in training on the NHWC path the normalised
+    activations are recomputed in the backward pass instead of kept (``fast.norm_relu_conv_nhwc``)."""
+    if views and norm.training and not norm._use_global_stats:
+        return fast.norm_relu_conv_nhwc(x, norm, views, layer.weight, layer._stride[0], layer.pads(*x.shape[1:3]))
+    return _conv(layer, _bn(norm, x, views, relu=True), views)
+
+
 def linear(cin: int, cout: int, bias: bool = True) -> nn.Linear:
     return nn.Linear(cin, cout, weight_attr=paddle.ParamAttr(initializer=haiku_init(cin)),
                      bias_attr=paddle.ParamAttr(initializer=nn.initializer.Constant(0.0)) if bias else False)
@@ -134,8 +142,7 @@ class BasicBlock(nn.Layer):
         self.downsample = _shortcut(cin, cout, stride, padding)
 
     def forward(self, x: paddle.Tensor, views: int = 0) -> paddle.Tensor:
-        out = _bn(self.bn1, _conv(self.conv1, x, views), views, relu=True)
-        out = _bn(self.bn2, _conv(self.conv2, out, views), views)
+        out = _bn(self.bn2, _bn_relu_conv(self.bn1, self.conv2, _conv(self.conv1, x, views), views), views)
         return F.relu(out + _shortcut_forward(self.downsample, x, views))
 
 
@@ -153,9 +160,8 @@ class Bottleneck(nn.Layer):
         self.downsample = _shortcut(cin, cout, stride, padding)
 
     def forward(self, x: paddle.Tensor, views: int = 0) -> paddle.Tensor:
-        out = _bn(self.bn1, _conv(self.conv1, x, views), views, relu=True)
-        out = _bn(self.bn2, _conv(self.conv2, out, views), views, relu=True)
-        out = _bn(self.bn3, _conv(self.conv3, out, views), views)
+        out = _bn_relu_conv(self.bn1, self.conv2, _conv(self.conv1, x, views), views)
+        out = _bn(self.bn3, _bn_relu_conv(self.bn2, self.conv3, out, views), views)
         return F.relu(out + _shortcut_forward(self.downsample, x, views))
 
 
