@@ -8,7 +8,7 @@ Two views of the same steps (after one warm-up step):
   calls, total ms and µs per call. ``Global_GradNodePyLayer_*`` rows are the backward passes of
   ``byol_lib.fast``'s PyLayers, oneDNN work included; their forward passes are Python, outside any op.
 * Timers around ``byol_lib.onednn``'s calls (convolution forward / backward data / backward weights with
-  their weight reorders, BatchNorm forward / backward; the no-grad target included), per step.
+  their weight reorders, BatchNorm forward / backward, the GEMMs; the no-grad target included), per step.
 
 The line ``ops per step`` counts the dygraph op launches and backward nodes: with the median µs per call of
 the cheap ones it bounds the per-op overhead. A benchmark, never a test; the profiler itself adds a few %.
@@ -39,8 +39,9 @@ import paddle.profiler as profiler  # noqa: E402
 from bench.train_step import project_step  # noqa: E402
 from byol_lib import fast, onednn  # noqa: E402
 
-KERNELS = ((onednn.Convolution, ("forward", "backward_data", "backward_weights")),
-           (onednn.BatchNorm, ("forward", "backward")))
+KERNELS = ((onednn.Convolution, "forward"), (onednn.Convolution, "backward_data"),
+           (onednn.Convolution, "backward_weights"), (onednn.BatchNorm, "forward"), (onednn.BatchNorm, "backward"),
+           (onednn, "sgemm"))  # the owner (class or module) and the function timed
 _ROW = re.compile(r"^(\S.*?)\s{2,}(\d+)\s+([\d.]+) / ([\d.]+) / ")
 
 
@@ -56,9 +57,9 @@ def _time_onednn_calls() -> dict[str, list[float]]:
             return result
         return run
 
-    for cls, methods in KERNELS:
-        for method in methods:
-            setattr(cls, method, timed(f"{cls.__name__} {method}", getattr(cls, method)))
+    for owner, name in KERNELS:
+        label = f"{owner.__name__.rsplit('.', 1)[-1]} {name}"
+        setattr(owner, name, timed(label, getattr(owner, name)))
     return durations
 
 

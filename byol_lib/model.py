@@ -18,8 +18,9 @@ every side as paddle.vision's ResNet in PASSL (D13). The two differ only on stri
 input (stride-1 and 1x1 layers pad alike).
 
 On the CPU (float32 batches, unless the config key ``cpu_kernels`` given at construction is ``paddle``;
-``byol_lib.fast.use_onednn``) the encoder runs channels-last (NHWC): convolutions through oneDNN, BatchNorm
-and the max-pool in Paddle's NHWC kernels; same weights, same arithmetic up to float32 summation order.
+``byol_lib.fast.use_onednn``) the encoder runs channels-last (NHWC): convolutions, training-mode BatchNorm (the
+ReLU fused, the views normalised separately) and the projector/predictor products through oneDNN; eval-mode
+BatchNorm and the max-pool in Paddle's NHWC kernels; same weights, same arithmetic up to float32 summation order.
 Elsewhere (GPU, or ``cpu_kernels: paddle``) it is Paddle's NCHW layers as usual.
 """
 
