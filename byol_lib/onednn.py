@@ -40,6 +40,11 @@ class _Arg(ctypes.Structure):
     _fields_ = [("arg", ctypes.c_int), ("memory", ctypes.c_void_p)]
 
 
+class _Version(ctypes.Structure):
+    _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int), ("patch", ctypes.c_int),
+                ("hash", ctypes.c_char_p), ("cpu_runtime", ctypes.c_uint), ("gpu_runtime", ctypes.c_uint)]
+
+
 class OneDNNError(RuntimeError):
     """A oneDNN call failed (its status code and the call are in the message)."""
 
@@ -49,6 +54,9 @@ def _library() -> ctypes.CDLL:
     import paddle  # the wheel's own copy of oneDNN, loaded with Paddle's OpenMP
 
     lib = ctypes.CDLL(str(Path(paddle.__file__).parent / "libs" / "libdnnl.so.3"))
+    lib.dnnl_version.restype = ctypes.POINTER(_Version)
+    if lib.dnnl_version().contents.major != 3:  # the enum and argument values below are oneDNN 3.x's
+        raise OSError("libdnnl.so.3 is not oneDNN 3.x")
     lib.dnnl_primitive_desc_query_md.restype = ctypes.c_void_p
     lib.dnnl_memory_desc_get_size.restype = ctypes.c_size_t
     return lib

@@ -183,6 +183,14 @@ def test_views_in_one_pass_match_separate_calls(kernels: str) -> None:
     assert float((pooled(paddle.concat(views), 1) - got).abs().max()) > 1e-2  # one batch of both views differs
 
 
+def test_without_onednn_auto_falls_back_and_onednn_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Paddle wheel without oneDNN 3.x (other platforms): ``auto`` takes Paddle's kernels, ``onednn`` says why not."""
+    monkeypatch.setattr(onednn, "available", lambda: False)
+    assert not fast.use_onednn(paddle.zeros([2, 3, 8, 8]), "auto")
+    with pytest.raises(RuntimeError, match="libdnnl.so.3.*use cpu_kernels: paddle"):
+        fast.use_onednn(paddle.zeros([2, 3, 8, 8]), "onednn")
+
+
 def test_kernel_choice_and_onednn_threads() -> None:
     assert fast.use_onednn(paddle.zeros([2, 3, 8, 8]), "auto")
     assert fast.use_onednn(paddle.zeros([2, 3, 8, 8]), "onednn")
