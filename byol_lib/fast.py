@@ -1,13 +1,16 @@
-"""CPU convolutions through oneDNN on channels-last activations, with Paddle's autograd (the ``onednn`` kernels).
+"""The CPU network's heavy ops through oneDNN, with Paddle's autograd (the ``onednn`` kernels).
 
 Paddle 3.3's CPU ``conv2d`` is im2col + one small GEMM per image in its bundled MKL (about a third of
 OpenBLAS's speed on AMD CPUs), and its oneDNN kernels are reachable only from static graphs, where training
 is not reliable in 3.3.1 (wrong input gradients through residual blocks, BatchNorm running statistics left
-unchanged). ``conv2d_nhwc`` runs oneDNN's own JIT direct convolutions (``byol_lib.onednn``, the library
-inside Paddle's wheel, the one PyTorch's CPU convolutions use) on NHWC activations, forward and backward;
-nothing but the input is kept for the backward pass. Padding is explicit per side (top, bottom, left,
-right), so JAX's asymmetric 'SAME' and paddle.vision's symmetric padding (``model.spatial_pads``) take the
-same code. Results equal Paddle's kernels up to float32 summation order (``tests/test_fast.py``).
+unchanged). This module runs oneDNN itself (``byol_lib.onednn``: the library inside Paddle's wheel, the one
+PyTorch's CPU convolutions use) as PyLayers on NHWC activations: JIT direct convolutions (``conv2d_nhwc``),
+training-mode BatchNorm with the ReLU fused, each of several views normalised with its own statistics
+(``batch_norm_nhwc``), the two fused with the normalised activations recomputed in the backward pass instead of
+kept (``norm_relu_conv_nhwc``), and the projector/predictor products (``linear``). A convolution keeps only its
+input for the backward pass. Padding is explicit per side (top, bottom, left, right), so JAX's asymmetric 'SAME'
+and paddle.vision's symmetric padding (``model.spatial_pads``) take the same code. Results equal Paddle's
+kernels up to float32 summation order (``tests/test_fast.py``).
 
 The switch is the config key ``cpu_kernels``, passed to the encoder when it is built (``ResNet(...,
 cpu_kernels=...)``, ``use_onednn``): ``auto`` (default) and ``onednn`` take these kernels for float32 CPU
@@ -77,15 +80,29 @@ class _Conv2D(PyLayer):
     def backward(ctx: PyLayerContext, dy: paddle.Tensor) -> tuple[paddle.Tensor | None, paddle.Tensor]:
         x, weight, stride, pads, needs_dx = ctx.saved
         ctx.saved = None
-        dy = dy.contiguous()
-        convolution = onednn.convolution(_shape(x, weight, stride, pads))
-        dw = paddle.empty(weight.shape, dtype=paddle.float32)
-        convolution.backward_weights(x.data_ptr(), dy.data_ptr(), dw.data_ptr())
-        if not needs_dx:
-            return None, dw
-        dx = paddle.empty(x.shape, dtype=paddle.float32)
-        convolution.backward_data(dy.data_ptr(), weight.data_ptr(), dx.data_ptr())
-        return dx, dw
+        return _backward(x, weight, dy, stride, pads, needs_dx)
+
+
+def _backward(x: paddle.Tensor, weight: paddle.Tensor, dy: paddle.Tensor, stride: int, pads: Pads,
+              needs_dx: bool) -> tuple[paddle.Tensor | None, paddle.Tensor]:
+    """The input gradient (None unless ``needs_dx``) and the weight gradient of a convolution of ``x``."""
+    convolution, dw = _weight_gradient(x, weight, dy, stride, pads)
+    return (_input_gradient(convolution, x.shape, weight, dy) if needs_dx else None), dw
+
+
+def _weight_gradient(x: paddle.Tensor, weight: paddle.Tensor, dy: paddle.Tensor, stride: int,
+                     pads: Pads) -> tuple[onednn.Convolution, paddle.Tensor]:
+    convolution = onednn.convolution(_shape(x, weight, stride, pads))
+    dw = paddle.empty(weight.shape, dtype=paddle.float32)
+    convolution.backward_weights(x.data_ptr(), dy.contiguous().data_ptr(), dw.data_ptr())
+    return convolution, dw
+
+
+def _input_gradient(convolution: onednn.Convolution, shape: list[int], weight: paddle.Tensor,
+                    dy: paddle.Tensor) -> paddle.Tensor:
+    dx = paddle.empty(shape, dtype=paddle.float32)
+    convolution.backward_data(dy.contiguous().data_ptr(), weight.data_ptr(), dx.data_ptr())
+    return dx
 
 
 def conv2d_nhwc(x: paddle.Tensor, weight: paddle.Tensor, stride: int, pads: Pads) -> paddle.Tensor:
@@ -156,8 +173,9 @@ class _BatchNorm(PyLayer):
 
     @staticmethod
     def backward(ctx: PyLayerContext, dy: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor]:
-        saved, ctx.saved = ctx.saved, None
-        return _normalize_backward(*saved[:1], dy, *saved[1:])
+        x, layer, views, relu, stats, masks = ctx.saved
+        ctx.saved = None
+        return _normalize_backward(x, dy, layer, views, relu, stats, masks)
 
 
 class _NormReluConv(PyLayer):
@@ -176,13 +194,9 @@ class _NormReluConv(PyLayer):
         x, weight, layer, views, stride, pads, stats, masks = ctx.saved
         ctx.saved = None
         normalized = _normalize_views(x, layer, views, relu=True)[0]
-        dy = dy.contiguous()
-        convolution = onednn.convolution(_shape(normalized, weight, stride, pads))
-        dw = paddle.empty(weight.shape, dtype=paddle.float32)
-        convolution.backward_weights(normalized.data_ptr(), dy.data_ptr(), dw.data_ptr())
-        del normalized
-        dnormalized = paddle.empty(x.shape, dtype=paddle.float32)
-        convolution.backward_data(dy.data_ptr(), weight.data_ptr(), dnormalized.data_ptr())
+        convolution, dw = _weight_gradient(normalized, weight, dy, stride, pads)
+        del normalized  # before the input gradient is allocated: one activation less at the peak
+        dnormalized = _input_gradient(convolution, x.shape, weight, dy)
         return (*_normalize_backward(x, dnormalized, layer, views, True, stats, masks), dw)
 
 
