@@ -9,9 +9,10 @@ the processes of a local multi-process launch. It never overrides a value the us
 ``import paddle`` of the process (a one-shot import hook), so commands that never need Paddle (``byol --help``)
 never load it.
 
-numpy's OpenBLAS (the GEMMs of ``byol_lib.fast``) gets the same count in this process through its
-``*_set_num_threads`` entry point, and one thread in forked children (DataLoader workers), as
-``OPENBLAS_NUM_THREADS=1`` gives spawned ones, unless the user set ``OPENBLAS_NUM_THREADS``.
+numpy's OpenBLAS (the linear-evaluation heads of ``byol_lib.evaluate``) gets the same count in this process
+through its ``*_set_num_threads`` entry point, and one thread in forked children (DataLoader workers), as
+``OPENBLAS_NUM_THREADS=1`` gives spawned ones, unless the user set ``OPENBLAS_NUM_THREADS``; oneDNN's OpenMP
+threads follow ``threads()`` at each call (``byol_lib.onednn``).
 
 glibc serves every block above 32 MB with a fresh ``mmap`` and unmaps it on free, so each training step
 re-faults its large activations page by page (gigabytes per step at batch 128; on a 2-core VM that costs
