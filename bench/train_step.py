@@ -213,7 +213,7 @@ def main() -> None:
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this process only, not the anchor
 
     print(f"BYOL step, ResNet-{args.depth} width {args.width} ({args.stem} stem), {args.size}x{args.size}, "
-          f"batch {args.batch}, paddle {paddle.__version__}, {runtime.threads()} threads (Paddle/MKL), "
+          f"batch {args.batch}, paddle {paddle.__version__}, {runtime.threads()} threads (Paddle, oneDNN); "
           f"medians of {args.steps} interleaved steps; fast = "
           f"{'oneDNN' if fast.use_onednn(views[0], 'auto') else 'Paddle'} convolutions")
     rates = {name: args.batch / statistics.median(t) for name, t in times.items()}

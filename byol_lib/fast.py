@@ -114,16 +114,20 @@ def conv2d_nhwc(x: paddle.Tensor, weight: paddle.Tensor, stride: int, pads: Pads
     return _Conv2D.apply(x, weight, stride, pads)
 
 
+def _per_view(x: paddle.Tensor, layer: nn.BatchNorm2D, views: int, relu: bool) -> tuple[onednn.BatchNorm, int, int]:
+    """oneDNN's BatchNorm of one of ``views`` equal NHWC batches of ``x``, the bytes per view and the channels."""
+    n, h, w, c = x.shape
+    return onednn.batch_norm(onednn.NormShape(n // views, c, h, w, layer._epsilon, relu)), x.size // views * 4, c
+
+
 def _normalize_views(x: paddle.Tensor, layer: nn.BatchNorm2D, views: int,
                      relu: bool) -> tuple[paddle.Tensor, np.ndarray, list[np.ndarray | None]]:
     """Training-mode BatchNorm (+ ReLU) of each of ``views`` equal NHWC batches of ``x``: the output, the batch
     statistics ``[mean/variance, view, C]``, the ReLU masks. Deterministic: a second call gives the same bits."""
-    n, h, w, c = x.shape
-    norm = onednn.batch_norm(onednn.NormShape(n // views, c, h, w, layer._epsilon, relu))
+    norm, step, c = _per_view(x, layer, views, relu)
     out = paddle.empty(x.shape, dtype=paddle.float32)
     stats = np.empty((2, views, c), dtype=np.float32)
     masks = [norm.workspace() for _ in range(views)]
-    step = n // views * h * w * c * 4  # bytes per view
     for v in range(views):
         norm.forward(x.data_ptr() + v * step, out.data_ptr() + v * step, layer.weight.data_ptr(),
                      layer.bias.data_ptr(), stats[0, v].ctypes.data, stats[1, v].ctypes.data, masks[v])
@@ -148,11 +152,9 @@ def _normalize_backward(x: paddle.Tensor, dy: paddle.Tensor, layer: nn.BatchNorm
                         masks: list[np.ndarray | None]) -> tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor]:
     """Gradients of input, scale and shift of ``_normalize_views`` from the output gradient ``dy``."""
     dy = dy.contiguous()
-    n, h, w, c = x.shape
-    norm = onednn.batch_norm(onednn.NormShape(n // views, c, h, w, layer._epsilon, relu))
+    norm, step, c = _per_view(x, layer, views, relu)
     dx = paddle.empty(x.shape, dtype=paddle.float32)
     dparams = np.empty((2, views, c), dtype=np.float32)
-    step = n // views * h * w * c * 4
     for v in range(views):
         norm.backward(x.data_ptr() + v * step, dy.data_ptr() + v * step, layer.weight.data_ptr(),
                       stats[0, v].ctypes.data, stats[1, v].ctypes.data, masks[v], dx.data_ptr() + v * step,

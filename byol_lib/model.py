@@ -102,12 +102,17 @@ def _conv(layer: Conv2D, x: paddle.Tensor, views: int) -> paddle.Tensor:
     return fast.conv2d_nhwc(x, layer.weight, layer._stride[0], layer.pads(*x.shape[1:3]))
 
 
+def _batch_statistics_on_nhwc(norm: nn.BatchNorm2D, views: int) -> bool:
+    """Whether ``norm`` normalises with batch statistics on the NHWC path (oneDNN's training-mode BatchNorm)."""
+    return bool(views) and norm.training and not norm._use_global_stats
+
+
 def _bn(layer: nn.BatchNorm2D, x: paddle.Tensor, views: int, relu: bool = False) -> paddle.Tensor:
     """``layer(x)`` (``views`` 0: NCHW), or the same train/eval-mode BatchNorm of an NHWC ``x`` made of ``views``
     equal batches: in training each view is normalised with its own statistics and moves the running ones, in
     view order, exactly as if the views had run one after another (oneDNN, the ReLU fused). Then the ReLU when
     ``relu``."""
-    if views and layer.training and not layer._use_global_stats:
+    if _batch_statistics_on_nhwc(layer, views):
         return fast.batch_norm_nhwc(x, layer, views, relu)
     if views:  # global statistics: views are irrelevant
         x = F.batch_norm(x, layer._mean, layer._variance, weight=layer.weight, bias=layer.bias, training=False,
@@ -120,7 +125,7 @@ def _bn(layer: nn.BatchNorm2D, x: paddle.Tensor, views: int, relu: bool = False)
 def _bn_relu_conv(norm: nn.BatchNorm2D, layer: Conv2D, x: paddle.Tensor, views: int) -> paddle.Tensor:
     """``_conv(layer, _bn(norm, x, views, relu=True), views)``; in training on the NHWC path the normalised
     activations are recomputed in the backward pass instead of kept (``fast.norm_relu_conv_nhwc``)."""
-    if views and norm.training and not norm._use_global_stats:
+    if _batch_statistics_on_nhwc(norm, views):
         return fast.norm_relu_conv_nhwc(x, norm, views, layer.weight, layer._stride[0], layer.pads(*x.shape[1:3]))
     return _conv(layer, _bn(norm, x, views, relu=True), views)
 
@@ -205,7 +210,7 @@ class ResNet(nn.Layer):
 
     def forward(self, x: paddle.Tensor, views: int = 1) -> paddle.Tensor:
         """Representations ``[views*N, channels]`` of ``x``, ``views`` equal batches one after another along the
-        batch axis, each normalised with its own BatchNorm statistics (as separate calls would; on the CNHW
+        batch axis, each normalised with its own BatchNorm statistics (as separate calls would; on the NHWC
         path one pass over all of them, else one call per view)."""
         if not fast.use_onednn(x, self.cpu_kernels):
             return paddle.concat([self._forward(part, 0) for part in paddle.split(x, views)]) if views > 1 \

@@ -55,7 +55,7 @@ _configured_threads: int | None = None
 _user_blas = False  # the user set OPENBLAS_NUM_THREADS before quiet()
 _quieted = False
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
-_kept_freed_memory = False
+_kept_freed_memory: bool | None = None  # decided at the first call
 _OPENBLAS_SUFFIXES = ("64_", "_64_", "")  # scipy-openblas (numpy wheels) ILP64 names, then plain OpenBLAS
 
 
@@ -120,11 +120,15 @@ def blas_threads() -> int | None:
 
 
 def keep_freed_memory() -> bool:
-    """Ask glibc to reuse freed memory instead of unmapping/trimming it (once per process); False when not done
-    (see module doc)."""
+    """Ask glibc to reuse freed memory instead of unmapping/trimming it; False when not done (see module doc).
+    Decided once per process: later calls (one per training step) only return the decision."""
     global _kept_freed_memory
-    if _kept_freed_memory:
-        return True
+    if _kept_freed_memory is None:
+        _kept_freed_memory = _tune_malloc()
+    return _kept_freed_memory
+
+
+def _tune_malloc() -> bool:
     if os.environ.get("BYOL_MALLOC_TUNING", "1") == "0" or "GLIBC_TUNABLES" in os.environ or any(
             key.startswith("MALLOC_") for key in os.environ):
         return False
@@ -134,9 +138,7 @@ def keep_freed_memory() -> bool:
         return False
     if not hasattr(libc, "mallopt"):  # pragma: no cover
         return False
-    _kept_freed_memory = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(
-        libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(2**31 - 1)))
-    return _kept_freed_memory
+    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(2**31 - 1)))
 
 
 def quiet() -> None:
